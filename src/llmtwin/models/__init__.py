@@ -1,0 +1,1 @@
+"""How to get an LLM and an embedder: packaged defaults, local HF dirs, OpenAI-compatible endpoints."""
