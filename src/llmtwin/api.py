@@ -1,0 +1,218 @@
+"""The Python API, mirroring the CLI: `Twin(project_dir).ingest(...)`, `.search(...)`, `.ask(...)`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from llmtwin.config import TwinConfig
+from llmtwin.errors import TwinError
+from llmtwin.project import Project, open_project
+from llmtwin.types import Answer, Hit, IngestReport
+
+
+class Twin:
+    def __init__(self, project: str | Path | Project = ".", *, config: TwinConfig | None = None):
+        self.project = project if isinstance(project, Project) else open_project(project)
+        if config is not None:
+            self.project.config = config
+        self._store = None
+
+    @property
+    def config(self) -> TwinConfig:
+        return self.project.config
+
+    # -- models and store (lazy, once) ------------------------------------------
+    @property
+    def embedder(self):
+        from llmtwin.models.get import get_embedder
+
+        return get_embedder(self.config.embedder)
+
+    @property
+    def llm(self):
+        from llmtwin.models.get import get_llm
+
+        return get_llm(self.config.llm, seed=self.config.seed)
+
+    def store(self, *, create: bool = False):
+        """The store; `create=True` makes it with the configured embedder if it does not exist yet."""
+        if self._store is None:
+            from llmtwin.store.lancedb_store import LanceStore
+
+            if create:
+                self._store = LanceStore(self.project.store_dir, self.embedder.name, self.embedder.dim)
+            else:
+                self._store = LanceStore(self.project.store_dir)
+        return self._store
+
+    def _checked_store(self):
+        store = self.store()
+        if store.embedder_name != self.embedder.name:
+            raise TwinError(
+                f"the store was embedded with {store.embedder_name}, the config asks for "
+                f"{self.embedder.name}; run `twin ingest --rebuild PATH...`"
+            )
+        return store
+
+    # -- feature pipeline -------------------------------------------------------
+    def ingest(
+        self,
+        paths: list[str | Path] | str | Path,
+        *,
+        rebuild: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> IngestReport:
+        from llmtwin.feature.ingest import ingest
+
+        if isinstance(paths, (str, Path)):
+            paths = [paths]
+        resolved = [Path(p) if Path(p).is_absolute() else Path.cwd() / p for p in paths]
+        if rebuild:
+            self._store = None
+            if self.project.store_dir.exists():
+                shutil.rmtree(self.project.store_dir)
+        store = self.store(create=True)
+        self._checked_store()
+        return ingest(self.project, resolved, store, self.embedder, progress=progress)
+
+    # -- inference pipeline -----------------------------------------------------
+    def search_explain(
+        self,
+        query: str,
+        *,
+        k: int | None = None,
+        mode: str | None = None,
+        filters: dict[str, str] | list[str] | None = None,
+        query_vector=None,
+    ):
+        from llmtwin.retrieval.search import parse_filters, search
+
+        cfg = self.config.retrieval
+        mode = mode or cfg.mode
+        if mode not in ("hybrid", "dense", "bm25"):
+            raise TwinError(f"--mode {mode!r}: expected hybrid, dense or bm25")
+        return search(
+            self._checked_store(),
+            self.embedder,
+            query,
+            k=k or cfg.k,
+            mode=mode,  # type: ignore[arg-type]
+            candidates=cfg.candidates,
+            rrf_k=cfg.rrf_k,
+            filters=parse_filters(filters),
+            query_vector=query_vector,
+        )
+
+    def search(self, query: str, **kwargs: Any) -> list[Hit]:
+        return self.search_explain(query, **kwargs).hits
+
+    def ask(
+        self,
+        question: str,
+        *,
+        k: int | None = None,
+        mode: str | None = None,
+        filters: dict[str, str] | list[str] | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Answer:
+        from llmtwin.generation.answer import generate_answer
+        from llmtwin.generation.prompt import build_messages, select_context
+        from llmtwin.trace import hits_record, new_trace_id, write_trace
+
+        started = time.perf_counter()
+        result = self.search_explain(question, k=k, mode=mode, filters=filters)
+        gen = self.config.generation
+        hits = [h for h in result.hits if h.score >= gen.min_score]
+        t = time.perf_counter()
+        llm = self.llm
+        load_s = time.perf_counter() - t
+        context = select_context(hits, llm, gen.context_tokens)
+        messages = build_messages(question, context, gen)
+        t = time.perf_counter()
+        generated = generate_answer(messages, context, llm, self.config.llm, gen, on_text)
+        timings = {f"search.{k}": v for k, v in result.timings.items()}
+        timings.update({"search": sum(result.timings.values()), "llm_load": load_s})
+        timings["generate"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - started
+        timings = {k: round(v, 4) for k, v in timings.items()}
+        trace_id = new_trace_id()
+        write_trace(
+            self.project.traces_dir,
+            trace_id,
+            {
+                "kind": "ask",
+                "query": question,
+                "store_version": self.store().current_version(),
+                "models": {"llm": llm.name, "embedder": self.embedder.name},
+                "config_hash": self.config_hash(),
+                "filters": filters,
+                "where": result.where,
+                "stages": {name: hits_record(stage) for name, stage in result.stages.items()},
+                "context": [h.chunk.chunk_id for h in context],
+                "prompt": messages,
+                "output": generated.text,
+                "citations": [c.chunk_id for c in generated.citations],
+                "abstained": generated.abstained,
+                "timings": timings,
+            },
+        )
+        return Answer(generated.text, generated.citations, context, trace_id, timings, generated.abstained)
+
+    # -- information ------------------------------------------------------------
+    def config_hash(self) -> str:
+        data = json.dumps(self.config.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(data.encode()).hexdigest()[:12]
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "project": str(self.project.root),
+            "models": {"llm": _describe_llm(self.config), "embedder": _describe_embedder(self.config)},
+        }
+        try:
+            store = self.store()
+        except TwinError:
+            out.update({"documents": 0, "duplicates": 0, "chunks": 0, "versions": []})
+            return out
+        records = store.documents()
+        by_type: dict[str, int] = {}
+        for r in records:
+            if r.status == "stored":
+                by_type[r.file_type] = by_type.get(r.file_type, 0) + 1
+        out.update(
+            {
+                "store": str(self.project.store_dir),
+                "store_embedder": store.embedder_name,
+                "documents": sum(by_type.values()),
+                "documents_by_type": by_type,
+                "duplicates": sum(1 for r in records if r.status == "duplicate"),
+                "chunks": store.count_chunks(),
+                "versions": [
+                    {"version": v.version, "time": v.time, **v.summary} for v in store.versions()
+                ],
+            }
+        )
+        return out
+
+
+def _describe_llm(config: TwinConfig) -> str:
+    c = config.llm
+    if c.provider == "packaged":
+        return f"packaged SmolLM2-135M-Instruct (backend {c.backend})"
+    if c.provider == "hf":
+        return f"hf {c.path}"
+    return f"openai {c.model} at {c.base_url}"
+
+
+def _describe_embedder(config: TwinConfig) -> str:
+    c = config.embedder
+    if c.provider == "packaged":
+        return "packaged all-MiniLM-L6-v2"
+    if c.provider == "hf":
+        return f"hf {c.path}"
+    return f"openai {c.model} at {c.base_url}"

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, judges, benchmarks and reports."""

@@ -1,0 +1,258 @@
+"""The feature pipeline: files → load → clean → dedup → chunk → embed → store, incrementally.
+
+Plan first, then write. Planning reads every file, skips those whose bytes hash as before,
+and decides for each document: unchanged, added, updated, duplicate or failed. Writing embeds
+the chunks of the planned documents in batches and commits each batch (whole documents only).
+An interrupted run leaves whole documents behind it, never half ones, and the next run picks
+up the rest (see store/lancedb_store.py for why that holds).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from llmtwin.config import IngestConfig
+from llmtwin.feature.chunk import chunk_document
+from llmtwin.feature.clean import clean_text
+from llmtwin.feature.dedup import Deduplicator
+from llmtwin.feature.hashing import bytes_hash, dedup_hash
+from llmtwin.feature.load import discover, load_bytes
+from llmtwin.models.embedder import Embedder
+from llmtwin.project import Project
+from llmtwin.store.base import DocRecord
+from llmtwin.store.lancedb_store import LanceStore
+from llmtwin.types import Chunk, Document, IngestReport, LoadFailure, Section
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (chunks embedded so far, total)
+
+
+@dataclass
+class _Planned:
+    record: DocRecord
+    sections: list[Section] = field(default_factory=list)
+    chunks: list[Chunk] = field(default_factory=list)
+    replaces: bool = False  # the store already holds chunks of this document
+
+
+class _Keep(_Planned):
+    """A record whose chunks stay as they are: only the record is rewritten."""
+
+
+@dataclass
+class _Plan:
+    writes: list[_Planned] = field(default_factory=list)
+    deletes: list[str] = field(default_factory=list)
+
+
+def ingest(
+    project: Project,
+    paths: list[Path],
+    store: LanceStore,
+    embedder: Embedder,
+    progress: Progress | None = None,
+) -> IngestReport:
+    started = time.perf_counter()
+    cfg = project.config.ingest
+    report = IngestReport()
+    plan = _plan(project, paths, store, embedder, cfg, report)
+    if plan.deletes:
+        store.delete_documents(plan.deletes)
+    report.chunks = _write(plan.writes, store, embedder, cfg.batch_chunks, progress)
+    store.refresh_indexes()
+    summary = {
+        "added": len(report.added),
+        "updated": len(report.updated),
+        "deleted": len(report.deleted),
+        "unchanged": len(report.unchanged),
+        "duplicates": len(report.duplicates),
+        "failed": len(report.failed),
+        "chunks_written": report.chunks,
+        "chunks_total": store.count_chunks(),
+        "embedder": embedder.name,
+    }
+    report.store_version = store.commit_version(summary).version
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _plan(
+    project: Project,
+    paths: list[Path],
+    store: LanceStore,
+    embedder: Embedder,
+    cfg: IngestConfig,
+    report: IngestReport,
+) -> _Plan:
+    plan = _Plan()
+    files, skipped = discover(paths, cfg.exclude)
+    report.skipped = [project.source_name(p) for p in skipped]
+    records = {r.doc_id: r for r in store.documents()}
+    by_source: dict[str, list[DocRecord]] = defaultdict(list)
+    for record in records.values():
+        by_source[record.source].append(record)
+
+    # Files gone from an ingested folder (or no longer ingestible there) are removed.
+    seen_sources = {project.source_name(f) for f in files} | set(report.skipped)
+    roots = [project.source_name(p) for p in paths]
+    for source, recs in by_source.items():
+        if source not in seen_sources and any(_under(source, root) for root in roots):
+            plan.deletes.extend(r.doc_id for r in recs)
+    deleted = set(plan.deletes)
+    report.deleted = sorted(deleted)
+
+    # A duplicate whose original is being deleted must be looked at again.
+    recheck = {r.source for r in records.values() if r.duplicate_of in deleted}
+
+    # A fixed MinHash seed: signatures stored by earlier runs must stay comparable.
+    dedup = Deduplicator(cfg.minhash_threshold, cfg.minhash_perm, cfg.shingle_words, seed=1)
+    for record in records.values():
+        if record.status == "stored" and record.doc_id not in deleted:
+            dedup.add(record.doc_id, record.dedup_hash, record.minhash)
+
+    claimed: dict[str, str] = {}  # doc_id → source, for ids used twice across files
+    max_bytes = int(cfg.max_file_mb * 1024 * 1024)
+    for path in files:
+        source = project.source_name(path)
+        data = _read(path, source, max_bytes, report)
+        if data is None:
+            continue
+        file_hash = bytes_hash(data)
+        old = by_source.get(source, [])
+        if old and source not in recheck and all(r.file_hash == file_hash for r in old):
+            report.unchanged.extend(r.doc_id for r in old)
+            for r in old:
+                claimed[r.doc_id] = source
+            continue
+        docs, failures = load_bytes(data, path, source)
+        report.failed.extend(failures)
+        if failures and not docs and old:
+            continue  # a file that became unreadable keeps what was stored from it
+        current_ids = {d.doc_id for d in docs}
+        for r in old:
+            if r.doc_id not in current_ids and not failures:
+                plan.deletes.append(r.doc_id)  # a record removed from a JSONL file
+                report.deleted.append(r.doc_id)
+        for doc in docs:
+            if doc.doc_id in claimed and claimed[doc.doc_id] != source:
+                report.failed.append(
+                    LoadFailure(source, f"duplicate id {doc.doc_id!r} (also in {claimed[doc.doc_id]})", doc.line)
+                )
+                continue
+            claimed[doc.doc_id] = source
+            planned = _plan_document(doc, records.get(doc.doc_id), dedup, embedder, cfg, report)
+            if planned is not None:
+                plan.writes.append(planned)
+    return plan
+
+
+def _plan_document(
+    doc: Document,
+    old: DocRecord | None,
+    dedup: Deduplicator,
+    embedder: Embedder,
+    cfg: IngestConfig,
+    report: IngestReport,
+) -> _Planned | None:
+    doc.text = clean_text(doc.text, doc.file_type, cfg.boilerplate_min_repeats)
+    if not doc.text:
+        report.failed.append(LoadFailure(doc.source, "empty after cleaning", doc.line))
+        return None
+    content_hash = doc.content_hash
+    if old is not None and old.content_hash == content_hash and old.status == "stored":
+        # Same content, only the file around it changed (another record of a JSONL file).
+        report.unchanged.append(doc.doc_id)
+        if old.file_hash == doc.file_hash:
+            return None
+        old.file_hash = doc.file_hash
+        return _Keep(old)
+    if old is not None:
+        dedup.remove(doc.doc_id)
+    record = DocRecord(
+        doc_id=doc.doc_id,
+        source=doc.source,
+        file_type=doc.file_type,
+        file_hash=doc.file_hash,
+        content_hash=content_hash,
+        dedup_hash=dedup_hash(doc.text),
+        minhash=b"",
+        n_chunks=0,
+        status="stored",
+        line=doc.line,
+        metadata=doc.metadata,
+    )
+    duplicate = dedup.check(doc)
+    if duplicate is not None:
+        report.duplicates.append(duplicate)
+        record.status = "duplicate"
+        record.duplicate_of = duplicate.duplicate_of
+        return _Planned(record)
+    record.minhash = dedup.signature(doc.text)
+    sections, chunks = chunk_document(doc, embedder.count_tokens, cfg.chunk_tokens, cfg.chunk_overlap)
+    record.n_chunks = len(chunks)
+    (report.updated if old is not None else report.added).append(doc.doc_id)
+    return _Planned(record, sections, chunks, replaces=old is not None and old.n_chunks > 0)
+
+
+def _write(
+    writes: list[_Planned], store: LanceStore, embedder: Embedder, batch_chunks: int, progress: Progress | None
+) -> int:
+    total = sum(len(w.chunks) for w in writes)
+    keep = [w.record for w in writes if isinstance(w, _Keep)]
+    if keep:
+        store.put_records(keep)
+    writes = [w for w in writes if not isinstance(w, _Keep)]
+    reusable = store.chunk_vectors([w.record.doc_id for w in writes if w.chunks and w.replaces])
+    done = 0
+    if progress:
+        progress(0, total)
+    batch: list[_Planned] = []
+    for i, item in enumerate(writes):
+        batch.append(item)
+        size = sum(len(w.chunks) for w in batch)
+        if size >= batch_chunks or i == len(writes) - 1:
+            done += _write_batch(batch, store, embedder, reusable)
+            batch = []
+            if progress:
+                progress(done, total)
+    return done
+
+
+def _write_batch(batch: list[_Planned], store: LanceStore, embedder: Embedder, reusable: dict) -> int:
+    chunks = [c for w in batch for c in w.chunks]
+    sections = [s for w in batch for s in w.sections]
+    vectors = np.zeros((len(chunks), store.dim), dtype=np.float32)
+    todo = [i for i, c in enumerate(chunks) if c.chunk_id not in reusable]
+    for i, c in enumerate(chunks):
+        if c.chunk_id in reusable:
+            vectors[i] = reusable[c.chunk_id]
+    if todo:
+        vectors[todo] = embedder.embed_passages([chunks[i].text for i in todo])
+    store.write_batch([w.record for w in batch], sections, chunks, vectors)
+    return len(chunks)
+
+
+def _read(path: Path, source: str, max_bytes: int, report: IngestReport) -> bytes | None:
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            report.failed.append(
+                LoadFailure(source, f"file too large: {size / 1e6:.1f} MB > limit {max_bytes / 1e6:.1f} MB (ingest.max_file_mb)")
+            )
+            return None
+        return path.read_bytes()
+    except OSError as e:
+        report.failed.append(LoadFailure(source, f"unreadable: {e.strerror or e}"))
+        return None
+
+
+def _under(source: str, root: str) -> bool:
+    return source == root or root in ("", ".") or source.startswith(root.rstrip("/") + "/")

@@ -1,0 +1,209 @@
+"""Embedders behind one protocol: a local sentence-transformers model, or an OpenAI-compatible API.
+
+Every embedder returns float32, L2-normalised vectors, in input order, so a dot product is the
+cosine similarity. Prefixes (e.g. "query: " / "passage: " for e5-style models) are added here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from llmtwin.errors import TwinError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    name: str
+    dim: int
+    max_tokens: int  # the longest input the model reads; longer text is truncated by the model
+
+    def embed_passages(self, texts: list[str]) -> np.ndarray:
+        """float32 (n, dim), L2-normalised, in input order."""
+        ...
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """float32 (dim,), L2-normalised."""
+        ...
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Embedder tokens per text, without special tokens."""
+        ...
+
+
+def _normalise(vectors) -> np.ndarray:
+    import numpy as np
+
+    v = np.asarray(vectors, dtype=np.float32)
+    if v.ndim == 1:
+        v = v[None, :]
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    return v / np.maximum(norms, 1e-12)
+
+
+class SentenceTransformerEmbedder:
+    """A local sentence-transformers model on CPU.
+
+    Passages are sorted by length before batching (less padding: measured faster here) and the
+    vectors are returned in input order.
+    """
+
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        batch_size: int = 16,
+        query_prefix: str = "",
+        passage_prefix: str = "",
+        name: str,
+    ):
+        from llmtwin.models.packaged import quiet_transformers, set_offline
+
+        set_offline()
+        from sentence_transformers import SentenceTransformer
+
+        self.model_dir = Path(model_dir)
+        self.name = name
+        self.batch_size = batch_size
+        self.query_prefix = query_prefix
+        self.passage_prefix = passage_prefix
+        try:
+            with quiet_transformers():
+                self.model = SentenceTransformer(str(self.model_dir), device="cpu", local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise TwinError(f"cannot load a sentence-transformers model from {self.model_dir}: {e}") from e
+        self.model.eval()
+        self.dim = int(self.model.get_embedding_dimension())
+        self.max_tokens = int(self.model.max_seq_length or 512)
+        self.tokenizer = self.model.tokenizer
+
+    def __repr__(self) -> str:
+        return f"SentenceTransformerEmbedder(name={self.name!r}, dim={self.dim})"
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        import numpy as np
+
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        vectors = self.model.encode(
+            [texts[i] for i in order],
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        out[order] = vectors
+        return out
+
+    def embed_passages(self, texts: list[str]) -> np.ndarray:
+        return self._encode([self.passage_prefix + t for t in texts])
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self._encode([self.query_prefix + text])[0]
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        if not texts:
+            return []
+        enc = self.tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)
+        return [len(ids) for ids in enc["input_ids"]]
+
+
+_WORD = re.compile(r"\w+")
+
+
+class OpenAIEmbedder:
+    """Any OpenAI-compatible /v1/embeddings endpoint (vLLM, Ollama, TEI, OpenAI).
+
+    Vectors are L2-normalised here (servers differ). `dim` is discovered on the first call (reading
+    `dim` before any embedding makes one small request). `count_tokens` is an APPROXIMATION:
+    ceil(regex word count * 1.3), since the server's tokenizer is unknown. `max_tokens` is what the
+    caller says the served model reads (default 512, common for BERT-style embedders).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str,
+        *,
+        batch_size: int = 16,
+        name: str,
+        max_tokens: int = 512,
+        query_prefix: str = "",
+        passage_prefix: str = "",
+    ):
+        import openai
+
+        self.query_prefix = query_prefix
+        self.passage_prefix = passage_prefix
+        self.base_url = base_url
+        self.model = model
+        self.name = name
+        self.batch_size = batch_size
+        self.max_tokens = max_tokens
+        self._dim: int | None = None
+        self.client = openai.OpenAI(
+            base_url=base_url,
+            api_key=os.environ.get(api_key_env) or "EMPTY",
+            max_retries=1,
+        )
+
+    def __repr__(self) -> str:
+        return f"OpenAIEmbedder(name={self.name!r}, base_url={self.base_url!r})"
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self._embed(["dimension probe"])
+        assert self._dim is not None
+        return self._dim
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        import numpy as np
+        import openai
+
+        if not texts:
+            return np.zeros((0, self._dim or 0), dtype=np.float32)
+        rows: list[list[float]] = []
+        try:
+            for start in range(0, len(texts), self.batch_size):
+                batch = texts[start : start + self.batch_size]
+                resp = self.client.embeddings.create(model=self.model, input=batch)
+                data = sorted(resp.data, key=lambda d: d.index)
+                if len(data) != len(batch):
+                    raise TwinError(
+                        f"embedding server at {self.base_url} returned {len(data)} vectors for {len(batch)} texts"
+                    )
+                rows.extend(d.embedding for d in data)
+        except openai.APIConnectionError as e:
+            raise TwinError(f"cannot reach the embedding server at {self.base_url}: {e}") from e
+        except openai.APIStatusError as e:
+            raise TwinError(f"embedding server at {self.base_url} answered {e.status_code}: {e.message}") from e
+        except openai.OpenAIError as e:
+            raise TwinError(f"embedding server at {self.base_url}: {e}") from e
+        vectors = _normalise(rows)
+        if self._dim is None:
+            self._dim = int(vectors.shape[1])
+        elif vectors.shape[1] != self._dim:
+            raise TwinError(f"embedding server at {self.base_url} changed dimension: {vectors.shape[1]} != {self._dim}")
+        return vectors
+
+    def embed_passages(self, texts: list[str]) -> np.ndarray:
+        return self._embed([self.passage_prefix + t for t in texts])
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self._embed([self.query_prefix + text])[0]
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return [math.ceil(len(_WORD.findall(t)) * 1.3) for t in texts]

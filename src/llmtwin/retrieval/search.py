@@ -1,0 +1,156 @@
+"""First-stage retrieval: dense, BM25 and hybrid (reciprocal-rank fusion), with filters.
+
+Every stage takes and returns `list[Hit]`; `search` records each stage's hits and time so that
+`twin search --explain`, traces and the JSON output can show them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from llmtwin.errors import TwinError
+from llmtwin.models.embedder import Embedder
+from llmtwin.store.lancedb_store import LanceStore, sql_in, sql_quote
+from llmtwin.types import Hit
+
+Mode = Literal["hybrid", "dense", "bm25"]
+_CHUNK_COLUMNS = {"source", "file_type", "doc_id"}
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]
+    stages: dict[str, list[Hit]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    where: str | None = None
+
+
+def parse_filters(items: list[str] | dict[str, str] | None) -> dict[str, str]:
+    """`["source=docs/*.md", "lang=en"]` → dict; a malformed item is a TwinError naming it."""
+    if not items:
+        return {}
+    if isinstance(items, dict):
+        return {str(k): str(v) for k, v in items.items()}
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise TwinError(f"--filter {item!r}: expected KEY=VALUE (e.g. source=docs/*.md, file_type=md)")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def filters_to_where(filters: dict[str, str], store: LanceStore) -> str | None:
+    """SQL over the chunks table. `source` is a glob; other keys match document metadata."""
+    clauses = []
+    meta_filters = {}
+    for key, value in filters.items():
+        if key == "source":
+            clauses.append(_glob_to_like("source", value))
+        elif key in ("file_type", "type"):
+            clauses.append(f"file_type = {sql_quote(value.lstrip('.'))}")
+        elif key == "doc_id":
+            clauses.append(f"doc_id = {sql_quote(value)}")
+        else:
+            meta_filters[key] = value
+    if meta_filters:
+        ids = [
+            r.doc_id
+            for r in store.documents()
+            if r.status == "stored" and all(_meta_match(r.metadata.get(k), v) for k, v in meta_filters.items())
+        ]
+        clauses.append(sql_in("doc_id", ids) if ids else "FALSE")
+    return " AND ".join(f"({c})" for c in clauses) if clauses else None
+
+
+def _meta_match(actual: object, wanted: str) -> bool:
+    if isinstance(actual, list):
+        return any(_meta_match(a, wanted) for a in actual)
+    if actual is None:
+        return False
+    if isinstance(actual, bool):
+        return str(actual).lower() == wanted.lower()
+    return fnmatch.fnmatchcase(str(actual), wanted)
+
+
+def _glob_to_like(column: str, pattern: str) -> str:
+    if not any(ch in pattern for ch in "*?"):
+        # a plain path matches the file itself or anything under it (a folder)
+        base = pattern.rstrip("/")
+        return f"({column} = {sql_quote(base)} OR {column} LIKE {sql_quote(_like_escape(base) + '/%')} ESCAPE '\\')"
+    like = "".join("%" if ch == "*" else "_" if ch == "?" else _like_escape(ch) for ch in pattern)
+    return f"{column} LIKE {sql_quote(like)} ESCAPE '\\'"
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def rrf(rankings: list[list[Hit]], k: int = 60) -> list[Hit]:
+    """Reciprocal-rank fusion: score = Σ 1/(k + rank), ranks from 1. Keeps each stage's score."""
+    fused: dict[str, Hit] = {}
+    for ranking in rankings:
+        for rank, hit in enumerate(ranking, start=1):
+            entry = fused.get(hit.chunk.chunk_id)
+            if entry is None:
+                entry = fused[hit.chunk.chunk_id] = Hit(hit.chunk, 0.0, dict(hit.scores))
+            else:
+                entry.scores.update(hit.scores)
+            entry.score += 1.0 / (k + rank)
+    out = sorted(fused.values(), key=lambda h: (-h.score, h.chunk.chunk_id))
+    for hit in out:
+        hit.scores["rrf"] = hit.score
+    return out
+
+
+def search(
+    store: LanceStore,
+    embedder: Embedder,
+    query: str,
+    *,
+    k: int = 5,
+    mode: Mode = "hybrid",
+    candidates: int = 100,
+    rrf_k: int = 60,
+    filters: dict[str, str] | None = None,
+    query_vector=None,
+) -> SearchResult:
+    """`query_vector` replaces embedding `query` (HyDE, or a benchmark that embeds queries in batches)."""
+    if not query.strip():
+        raise TwinError("empty query")
+    result = SearchResult(hits=[])
+    t = time.perf_counter()
+    result.where = filters_to_where(filters or {}, store)
+    if filters:
+        result.timings["filter"] = time.perf_counter() - t
+    depth = max(candidates, k) if mode == "hybrid" else k
+    if mode in ("dense", "hybrid"):
+        vector = query_vector
+        if vector is None:
+            t = time.perf_counter()
+            vector = embedder.embed_query(query)
+            result.timings["embed_query"] = time.perf_counter() - t
+        t = time.perf_counter()
+        dense = store.dense_search(vector, depth, result.where)
+        for hit in dense:
+            hit.scores["dense"] = hit.score
+        result.stages["dense"] = dense
+        result.timings["dense"] = time.perf_counter() - t
+    if mode in ("bm25", "hybrid"):
+        t = time.perf_counter()
+        bm25 = store.text_search(query, depth, result.where)
+        for hit in bm25:
+            hit.scores["bm25"] = hit.score
+        result.stages["bm25"] = bm25
+        result.timings["bm25"] = time.perf_counter() - t
+    if mode == "hybrid":
+        t = time.perf_counter()
+        result.hits = rrf([result.stages["dense"], result.stages["bm25"]], rrf_k)[:k]
+        result.stages["fused"] = result.hits
+        result.timings["fuse"] = time.perf_counter() - t
+    else:
+        result.hits = result.stages[mode][:k]
+    return result

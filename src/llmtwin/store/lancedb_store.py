@@ -1,0 +1,357 @@
+"""The embedded store: LanceDB tables for chunks (vectors, text, BM25 index), sections and documents.
+
+Crash safety comes from the order of atomic writes. Each `write_batch` commits, per table, one
+merge-insert that replaces every row of the batch's documents (chunks and sections first, the
+document records last). A document counts as ingested only once its record carries the new
+hash, so an ingest killed anywhere is redone for exactly the documents whose record is missing
+or stale, and the deterministic chunk ids make the redo land on the same rows.
+
+A store version (what `twin status` lists and traces name) is one completed ingest: the LanceDB
+table versions at its end, appended to `versions.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+
+from llmtwin.errors import TwinError
+from llmtwin.store.base import DocRecord, StoreVersion
+from llmtwin.types import Chunk, Hit, Section
+
+log = logging.getLogger(__name__)
+
+_HIT_COLUMNS = [
+    "chunk_id", "doc_id", "source", "text", "start", "end",
+    "heading_path", "parent_id", "idx", "file_type", "metadata",
+]
+
+
+def sql_quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def sql_in(column: str, values: list[str]) -> str:
+    return f"{column} IN ({', '.join(sql_quote(v) for v in values)})"
+
+
+def _chunk_schema(dim: int) -> pa.Schema:
+    return pa.schema([
+        ("chunk_id", pa.string()),
+        ("doc_id", pa.string()),
+        ("source", pa.string()),
+        ("file_type", pa.string()),
+        ("text", pa.string()),
+        ("start", pa.int64()),
+        ("end", pa.int64()),
+        ("heading_path", pa.list_(pa.string())),
+        ("parent_id", pa.string()),
+        ("idx", pa.int32()),
+        ("metadata", pa.string()),
+        ("vector", pa.list_(pa.float32(), dim)),
+    ])
+
+
+_SECTION_SCHEMA = pa.schema([
+    ("section_id", pa.string()),
+    ("doc_id", pa.string()),
+    ("heading_path", pa.list_(pa.string())),
+    ("start", pa.int64()),
+    ("end", pa.int64()),
+    ("text", pa.string()),
+])
+
+_DOC_SCHEMA = pa.schema([
+    ("doc_id", pa.string()),
+    ("source", pa.string()),
+    ("file_type", pa.string()),
+    ("file_hash", pa.string()),
+    ("content_hash", pa.string()),
+    ("dedup_hash", pa.string()),
+    ("minhash", pa.binary()),
+    ("n_chunks", pa.int32()),
+    ("status", pa.string()),
+    ("duplicate_of", pa.string()),
+    ("line", pa.int64()),
+    ("metadata", pa.string()),
+])
+
+
+class LanceStore:
+    """Open with the embedder that will write to it; `dim=None` opens an existing store as it is."""
+
+    def __init__(self, path: Path, embedder_name: str | None = None, dim: int | None = None):
+        self.path = path
+        meta = self._read_meta()
+        if meta is None:
+            if dim is None or embedder_name is None:
+                raise TwinError(f"{path}: nothing ingested yet; run `twin ingest PATH...` first")
+            path.mkdir(parents=True, exist_ok=True)
+            (path / "meta.json").write_text(json.dumps({"embedder": embedder_name, "dim": dim}), encoding="utf-8")
+        elif embedder_name is not None and (meta["embedder"] != embedder_name or (dim and meta["dim"] != dim)):
+            raise TwinError(
+                f"{path}: the store was embedded with {meta['embedder']} (dim {meta['dim']}), "
+                f"the config asks for {embedder_name} (dim {dim}); "
+                "run `twin ingest --rebuild PATH...` to re-embed"
+            )
+        self.embedder_name = meta["embedder"] if meta else embedder_name
+        self.dim = int(meta["dim"] if meta else dim)
+        self.db = lancedb.connect(str(path))
+        existing = set(self.db.list_tables().tables)
+        self.chunks = self._open("chunks", _chunk_schema(self.dim), existing)
+        self.sections = self._open("sections", _SECTION_SCHEMA, existing)
+        self.docs = self._open("documents", _DOC_SCHEMA, existing)
+
+    def _read_meta(self) -> dict | None:
+        meta_path = self.path / "meta.json"
+        if not meta_path.exists():
+            return None
+        return json.loads(meta_path.read_text(encoding="utf-8"))
+
+    def _open(self, name: str, schema: pa.Schema, existing: set[str]):
+        if name in existing:
+            return self.db.open_table(name)
+        try:
+            return self.db.create_table(name, schema=schema)
+        except (ValueError, OSError):  # created meanwhile, or listed differently
+            return self.db.open_table(name)
+
+    # -- reading ---------------------------------------------------------------
+    def documents(self) -> list[DocRecord]:
+        rows = self.docs.to_arrow().to_pylist()
+        return [
+            DocRecord(**{**row, "metadata": json.loads(row["metadata"] or "{}")}) for row in rows
+        ]
+
+    def count_chunks(self) -> int:
+        return self.chunks.count_rows()
+
+    def chunk_vectors(self, doc_ids: list[str]) -> dict[str, np.ndarray]:
+        """Existing vectors of these documents' chunks, by chunk id (reused when a file changes)."""
+        if not doc_ids:
+            return {}
+        table = (
+            self.chunks.search()
+            .where(sql_in("doc_id", doc_ids))
+            .select(["chunk_id", "vector"])
+            .limit(None)
+            .to_arrow()
+        )
+        ids = table.column("chunk_id").to_pylist()
+        if not ids:
+            return {}
+        vectors = table.column("vector").combine_chunks().flatten().to_numpy().reshape(len(ids), -1)
+        return dict(zip(ids, vectors))
+
+    def get_chunks(self, chunk_ids: list[str]) -> list[Chunk]:
+        if not chunk_ids:
+            return []
+        rows = (
+            self.chunks.search().where(sql_in("chunk_id", chunk_ids)).select(_HIT_COLUMNS)
+            .limit(None).to_list()
+        )
+        by_id = {row["chunk_id"]: _row_to_chunk(row) for row in rows}
+        return [by_id[c] for c in chunk_ids if c in by_id]
+
+    # -- writing ---------------------------------------------------------------
+    def write_batch(
+        self, docs: list[DocRecord], sections: list[Section], chunks: list[Chunk], vectors: np.ndarray
+    ) -> None:
+        """Replace everything stored for `docs` with the given rows: one atomic commit per table."""
+        if not docs:
+            return
+        where = sql_in("doc_id", sorted({d.doc_id for d in docs}))
+        self._replace(self.sections, "section_id", _sections_table(sections), where)
+        self._replace(self.chunks, "chunk_id", _chunks_table(chunks, vectors, self.dim), where)
+        self.put_records(docs)
+
+    def put_records(self, docs: list[DocRecord]) -> None:
+        """Rewrite document records only (their chunks stay as they are)."""
+        if docs:
+            self.docs.merge_insert("doc_id").when_matched_update_all().when_not_matched_insert_all().execute(
+                _docs_table(docs)
+            )
+
+    @staticmethod
+    def _replace(table, key: str, rows: pa.Table, where: str) -> None:
+        if rows.num_rows == 0:
+            table.delete(where)
+            return
+        (
+            table.merge_insert(key)
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .when_not_matched_by_source_delete(where)
+            .execute(rows)
+        )
+
+    def delete_documents(self, doc_ids: list[str]) -> None:
+        """Chunks and sections first, the record last: a crash in between is redone next run."""
+        for start in range(0, len(doc_ids), 500):
+            where = sql_in("doc_id", doc_ids[start : start + 500])
+            self.chunks.delete(where)
+            self.sections.delete(where)
+            self.docs.delete(where)
+
+    def refresh_indexes(self) -> None:
+        """Bring the BM25 index up to date and compact the small fragments of many batches."""
+        if self.chunks.count_rows() == 0:
+            return
+        has_fts = any("text" in idx.columns for idx in self.chunks.list_indices())
+        if has_fts:
+            self.chunks.optimize()
+        else:
+            self.chunks.create_fts_index(
+                "text", replace=True, stem=True, remove_stop_words=True, ascii_folding=True
+            )
+        self.sections.optimize()
+        self.docs.optimize()
+
+    # -- versions --------------------------------------------------------------
+    @property
+    def _versions_path(self) -> Path:
+        return self.path / "versions.jsonl"
+
+    def versions(self) -> list[StoreVersion]:
+        if not self._versions_path.exists():
+            return []
+        out = []
+        for line in self._versions_path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                out.append(StoreVersion(**json.loads(line)))
+        return out
+
+    def current_version(self) -> int:
+        versions = self.versions()
+        return versions[-1].version if versions else 0
+
+    def commit_version(self, summary: dict[str, Any]) -> StoreVersion:
+        version = StoreVersion(
+            version=self.current_version() + 1,
+            time=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            tables={
+                "chunks": self.chunks.version,
+                "sections": self.sections.version,
+                "documents": self.docs.version,
+            },
+            summary=summary,
+        )
+        with self._versions_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(version.__dict__) + "\n")
+        return version
+
+    # -- search ----------------------------------------------------------------
+    def dense_search(self, vector: np.ndarray, limit: int, where: str | None = None) -> list[Hit]:
+        query = (
+            self.chunks.search(vector, vector_column_name="vector")
+            .distance_type("cosine")
+            .select(_HIT_COLUMNS + ["_distance"])
+            .limit(limit)
+        )
+        if where:
+            query = query.where(where, prefilter=True)
+        return [
+            Hit(_row_to_chunk(row), 1.0 - float(row["_distance"])) for row in query.to_list()
+        ]
+
+    def text_search(self, query: str, limit: int, where: str | None = None) -> list[Hit]:
+        if not query.strip() or not self._has_fts():
+            return []
+        try:
+            rows = self._fts(query, limit, where)
+        except (ValueError, RuntimeError, OSError):
+            # query syntax characters (quotes, colons, brackets): search the plain words instead
+            plain = " ".join("".join(c if c.isalnum() else " " for c in query).split())
+            rows = self._fts(plain, limit, where) if plain else []
+        return [Hit(_row_to_chunk(row), float(row["_score"])) for row in rows]
+
+    def _fts(self, query: str, limit: int, where: str | None) -> list[dict]:
+        builder = (
+            self.chunks.search(query, query_type="fts", fts_columns="text")
+            .select(_HIT_COLUMNS + ["_score"])
+            .limit(limit)
+        )
+        if where:
+            builder = builder.where(where, prefilter=True)
+        return builder.to_list()
+
+    def _has_fts(self) -> bool:
+        return any("text" in idx.columns for idx in self.chunks.list_indices())
+
+
+def _row_to_chunk(row: dict) -> Chunk:
+    return Chunk(
+        chunk_id=row["chunk_id"],
+        doc_id=row["doc_id"],
+        source=row["source"],
+        text=row["text"],
+        start=int(row["start"]),
+        end=int(row["end"]),
+        heading_path=list(row["heading_path"] or []),
+        parent_id=row["parent_id"],
+        index=int(row["idx"]),
+        file_type=row["file_type"],
+        metadata=json.loads(row["metadata"] or "{}"),
+    )
+
+
+def _chunks_table(chunks: list[Chunk], vectors: np.ndarray, dim: int) -> pa.Table:
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), pa.float32())
+    return pa.table(
+        {
+            "chunk_id": [c.chunk_id for c in chunks],
+            "doc_id": [c.doc_id for c in chunks],
+            "source": [c.source for c in chunks],
+            "file_type": [c.file_type for c in chunks],
+            "text": [c.text for c in chunks],
+            "start": pa.array([c.start for c in chunks], pa.int64()),
+            "end": pa.array([c.end for c in chunks], pa.int64()),
+            "heading_path": pa.array([c.heading_path for c in chunks], pa.list_(pa.string())),
+            "parent_id": [c.parent_id for c in chunks],
+            "idx": pa.array([c.index for c in chunks], pa.int32()),
+            "metadata": [json.dumps(c.metadata, default=str) for c in chunks],
+            "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
+        },
+        schema=_chunk_schema(dim),
+    )
+
+
+def _sections_table(sections: list[Section]) -> pa.Table:
+    return pa.table(
+        {
+            "section_id": [s.section_id for s in sections],
+            "doc_id": [s.doc_id for s in sections],
+            "heading_path": pa.array([s.heading_path for s in sections], pa.list_(pa.string())),
+            "start": pa.array([s.start for s in sections], pa.int64()),
+            "end": pa.array([s.end for s in sections], pa.int64()),
+            "text": [s.text for s in sections],
+        },
+        schema=_SECTION_SCHEMA,
+    )
+
+
+def _docs_table(docs: list[DocRecord]) -> pa.Table:
+    return pa.table(
+        {
+            "doc_id": [d.doc_id for d in docs],
+            "source": [d.source for d in docs],
+            "file_type": [d.file_type for d in docs],
+            "file_hash": [d.file_hash for d in docs],
+            "content_hash": [d.content_hash for d in docs],
+            "dedup_hash": [d.dedup_hash for d in docs],
+            "minhash": pa.array([d.minhash for d in docs], pa.binary()),
+            "n_chunks": pa.array([d.n_chunks for d in docs], pa.int32()),
+            "status": [d.status for d in docs],
+            "duplicate_of": [d.duplicate_of for d in docs],
+            "line": pa.array([d.line for d in docs], pa.int64()),
+            "metadata": [json.dumps(d.metadata, default=str) for d in docs],
+        },
+        schema=_DOC_SCHEMA,
+    )
