@@ -46,6 +46,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from llmtwin import Twin
+    from llmtwin.errors import TwinError
     from llmtwin.evaluation.qa import exact_match, token_f1
     from llmtwin.evaluation.retrieval import dedupe, mrr_at_k, ndcg_at_k, recall_at_k
 
@@ -98,7 +99,10 @@ def main() -> None:
         rows = {"R@1": [], "R@5": [], "R@10": [], "MRR@10": [], "nDCG@10": []}
         for i, q in enumerate(queries):
             vector = vectors[i] if vectors is not None and mode != "bm25" else None
-            hits = twin.search(q["question"], k=30, mode=mode, query_vector=vector)
+            try:
+                hits = twin.search(q["question"], k=30, mode=mode, query_vector=vector)
+            except TwinError:  # one question of the set is empty: it counts as a miss
+                hits = []
             ranked = dedupe([h.chunk.doc_id for h in hits])[:10]
             qrels = {q["passage_id"]: 1}
             rows["R@1"].append(recall_at_k(ranked, qrels, 1))

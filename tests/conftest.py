@@ -35,3 +35,151 @@ def hf_llm():
     from llmtwin.models.get import get_llm
 
     return get_llm(LLMConfig(backend="transformers"))
+
+
+# ---------------------------------------------------------------- integration-test corpora
+
+# ~150 words of prose: the near-duplicate test changes three words of it.
+ESSAY = (
+    "The lighthouse keeper climbed the spiral stairs every evening before sunset to light the great "
+    "lamp. For forty years he had watched the ships pass through the narrow channel between the "
+    "rocks, counting sails and noting the weather in a leather journal. Storms came often in the "
+    "autumn, and the waves would break against the tower with a sound like distant thunder. He "
+    "trimmed the wick, polished the lens and wound the clockwork that turned the beam across the "
+    "dark water. Fishermen in the village below trusted the light more than any chart, and the "
+    "children believed the keeper never slept at all. In winter the supply boat could not land for "
+    "weeks, so he kept a cellar of potatoes, salted fish and lamp oil. When the automatic beacon was "
+    "finally installed, he stayed on as a guide, telling visitors about the wrecks, the rescues and "
+    "the long quiet nights spent alone with the sea and the turning beam."
+)
+
+# The kind of ingest report each file of `make_mixed_corpus` must produce.
+MIXED_FAILED = {
+    "corpus/broken.pdf": "corrupt PDF",
+    "corpus/binary.txt": "binary file",
+    "corpus/empty.md": "empty file",
+    "corpus/latin1.txt": "not UTF-8",
+}
+
+
+def _mixed_corpus(root):
+    """Write the mixed corpus of the ingest/search tests under `root` (created); return `root`.
+
+    Good: guide.md (headings), notes.txt, page.html (script and nav to drop), report.pdf,
+    records.jsonl (3 records with ids and metadata, one malformed line: line 3), essay.md.
+    Bad: broken.pdf, binary.txt, empty.md, latin1.txt. Skipped: logo.png. Duplicates:
+    guide_copy.md (exact, other whitespace and case) and essay_v2.md (near, 3 words changed).
+    """
+    import json
+    from pathlib import Path
+
+    from test_load import make_pdf
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    guide = (
+        "# Quokka Field Guide\n\n"
+        "Quokkas are small marsupials that live on Rottnest Island near Perth.\n\n"
+        "## Diet\n\n"
+        "They graze at night on grasses, sedges and the leaves of shrubs, and can go without water for long periods.\n\n"
+        "## Behaviour\n\n"
+        "Quokkas are famous for their smiling faces and show little fear of the many tourists who visit the island.\n"
+    )
+    (root / "guide.md").write_text(guide, encoding="utf-8")
+    copy = guide.upper().replace("\n\n", "\n\n\n").replace(" ", "   ")
+    (root / "guide_copy.md").write_text(copy, encoding="utf-8")
+    (root / "notes.txt").write_text(
+        "Sourdough starter notes.\n\nFeed the starter with equal weights of rye flour and water every "
+        "twelve hours; it is ready to bake with when it doubles within six hours.\n",
+        encoding="utf-8",
+    )
+    (root / "page.html").write_text(
+        "<!doctype html><html><head><title>Tea Ceremony</title>"
+        "<script>var tracker = 'XSCRIPTX analytics';</script></head><body>"
+        "<nav><a href='/'>NAVLINKS home</a> <a href='/about'>NAVLINKS about</a></nav>"
+        "<main><h1>The Japanese Tea Ceremony</h1>"
+        "<p>The tea ceremony, called chanoyu, is the ritual preparation of powdered green tea named matcha.</p>"
+        "<script>document.write('XSCRIPTX inline')</script>"
+        "<p>A host whisks the matcha in a bowl and serves it to guests in a quiet tatami room.</p></main>"
+        "</body></html>",
+        encoding="utf-8",
+    )
+    (root / "report.pdf").write_bytes(
+        make_pdf(["Glacier Retreat Report", "The Aletsch glacier lost three kilometres of length since 1870."])
+    )
+    (root / "broken.pdf").write_bytes(make_pdf(["This file is cut short."])[:150])
+    (root / "binary.txt").write_bytes(b"\x00\x01\x02\x03 ELF binary \x00\xff\xfe" * 20)
+    (root / "empty.md").write_bytes(b"")
+    (root / "latin1.txt").write_bytes("Caf\u00e9 cr\u00e8me br\u00fbl\u00e9e recipe notes.".encode("latin-1"))
+    (root / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    records = [
+        {"id": "rec-alpha", "text": "Project Alpha migrates the billing service to PostgreSQL sixteen.",
+         "metadata": {"team": "red", "year": 2023}},
+        {"id": "rec-beta", "text": "Project Beta replaces the mobile login screen with passkeys.",
+         "metadata": {"team": "blue", "year": 2024}},
+    ]
+    lines = [json.dumps(r) for r in records]
+    lines.append('{"id": "rec-bad", "text": "this line is cut')  # line 3: malformed
+    lines.append(json.dumps({"id": "rec-gamma", "text": "Project Gamma archives old invoices to cold storage on tape.",
+                             "metadata": {"team": "red", "year": 2024}}))
+    (root / "records.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (root / "essay.md").write_text(ESSAY + "\n", encoding="utf-8")
+    words = ESSAY.split(" ")
+    assert words[0] == "The" and words[-1] == "beam." and words[86] == "trusted"
+    words[0], words[86], words[-1] = "A", "relied on", "light."
+    (root / "essay_v2.md").write_text(" ".join(words) + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="session")
+def make_mixed_corpus():
+    """A function writing the mixed corpus (see `_mixed_corpus`) under a directory."""
+    return _mixed_corpus
+
+
+def _bulk_corpus(root, n: int):
+    """`n` small, distinct (no near-duplicates) markdown files of two short paragraphs each."""
+    import random
+    from pathlib import Path
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(n)
+    vocab = (
+        "river mountain copper violin harbour lantern orchard falcon quartz meadow ember glacier "
+        "saffron compass thistle beacon canyon velvet marble cedar tundra pepper anchor willow "
+        "cobalt prairie lagoon juniper granite harvest comet walnut sparrow citadel nectar "
+        "monsoon basalt tulip ferry ivory jasmine kestrel lilac magnet nutmeg opal pylon quill"
+    ).split()
+    for i in range(n):
+        paras = [" ".join(rng.choice(vocab) for _ in range(40)) + "." for _ in range(2)]
+        (root / f"note{i:03d}.md").write_text(f"# Note {i}\n\n" + "\n\n".join(paras) + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="session")
+def make_bulk_corpus():
+    """A function writing `n` distinct small markdown files under a directory."""
+    return _bulk_corpus
+
+
+def _run_twin(*args, cwd=None, timeout: float = 300, check: bool = False):
+    """Run the real `twin` console script of this venv; returns the CompletedProcess (text)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "COLUMNS": "200"}
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "twin"), *map(str, args)],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"twin {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def twin_cli():
+    """A function running the `twin` console script as a subprocess: twin_cli(*args, cwd=..., check=...)."""
+    return _run_twin

@@ -73,6 +73,9 @@ class Twin:
         if isinstance(paths, (str, Path)):
             paths = [paths]
         resolved = [Path(p) if Path(p).is_absolute() else Path.cwd() / p for p in paths]
+        for path in resolved:  # before --rebuild drops the store, and before any model loads
+            if not path.exists():
+                raise TwinError(f"{path}: no such file or directory")
         if rebuild:
             self._store = None
             if self.project.store_dir.exists():
@@ -97,6 +100,7 @@ class Twin:
         mode = mode or cfg.mode
         if mode not in ("hybrid", "dense", "bm25"):
             raise TwinError(f"--mode {mode!r}: expected hybrid, dense or bm25")
+        parsed = parse_filters(filters)  # a malformed filter fails before any model loads
         return search(
             self._checked_store(),
             self.embedder,
@@ -105,7 +109,7 @@ class Twin:
             mode=mode,  # type: ignore[arg-type]
             candidates=cfg.candidates,
             rrf_k=cfg.rrf_k,
-            filters=parse_filters(filters),
+            filters=parsed,
             query_vector=query_vector,
         )
 
@@ -127,17 +131,20 @@ class Twin:
 
         started = time.perf_counter()
         result = self.search_explain(question, k=k, mode=mode, filters=filters)
+        search_s = time.perf_counter() - started  # includes loading the embedder on first use
         gen = self.config.generation
         hits = [h for h in result.hits if h.score >= gen.min_score]
         t = time.perf_counter()
-        llm = self.llm
+        llm = self.llm if hits else None  # nothing to answer from: abstain without loading the LLM
         load_s = time.perf_counter() - t
         context = select_context(hits, llm, gen.context_tokens)
         messages = build_messages(question, context, gen)
         t = time.perf_counter()
-        generated = generate_answer(messages, context, llm, self.config.llm, gen, on_text)
+        generated = generate_answer(
+            question, messages, context, llm, self.config.llm, gen, self.embedder.embed_passages, on_text
+        )
         timings = {f"search.{k}": v for k, v in result.timings.items()}
-        timings.update({"search": sum(result.timings.values()), "llm_load": load_s})
+        timings.update({"search": search_s, "llm_load": load_s})
         timings["generate"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - started
         timings = {k: round(v, 4) for k, v in timings.items()}
@@ -149,7 +156,7 @@ class Twin:
                 "kind": "ask",
                 "query": question,
                 "store_version": self.store().current_version(),
-                "models": {"llm": llm.name, "embedder": self.embedder.name},
+                "models": {"llm": llm.name if llm else None, "embedder": self.embedder.name},
                 "config_hash": self.config_hash(),
                 "filters": filters,
                 "where": result.where,
@@ -159,6 +166,8 @@ class Twin:
                 "output": generated.text,
                 "citations": [c.chunk_id for c in generated.citations],
                 "abstained": generated.abstained,
+                "extractive": generated.extractive,
+                "dropped_unsupported": generated.dropped,
                 "timings": timings,
             },
         )

@@ -28,6 +28,7 @@ class LLMConfig(_Section):
     api_key_env: str = "OPENAI_API_KEY"  # openai: the environment variable holding the key
     max_new_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0.0)  # 0 = greedy
+    repetition_penalty: float = Field(1.15, ge=1.0)  # small models loop without it
     context_window: int = Field(2048, ge=256)
     threads: int | None = None  # CPU threads for local inference (None: all cores)
 
@@ -46,7 +47,7 @@ class EmbedderConfig(_Section):
 
 
 class IngestConfig(_Section):
-    chunk_tokens: int = Field(240, ge=16)  # embedder tokens per chunk (MiniLM reads 256)
+    chunk_tokens: int = Field(250, ge=16)  # embedder tokens per chunk (MiniLM reads 256 with [CLS] and [SEP])
     chunk_overlap: int = Field(32, ge=0)
     minhash_threshold: float = Field(0.8, gt=0.0, le=1.0)  # Jaccard for near-duplicates
     minhash_perm: int = Field(128, ge=16)
@@ -67,6 +68,10 @@ class RetrievalConfig(_Section):
 class GenerationConfig(_Section):
     context_tokens: int = Field(1200, ge=64)  # budget for retrieved chunks in the prompt (LLM tokens)
     min_score: float = Field(0.0, ge=0.0)  # hits under this fused score are not shown to the LLM
+    grounded: bool = True  # drop generated sentences that no source supports
+    min_support: float = Field(0.7, ge=0.0, le=1.0)  # share of a sentence's content words found in a source
+    extractive_sentences: int = Field(2, ge=0)  # fallback answer: best source sentences (0 = abstain instead)
+    extractive_min_similarity: float = Field(0.4, ge=-1.0, le=1.0)  # cosine(question, sentence) to quote it
     system_prompt: str = (
         "You answer questions using only the numbered sources given. "
         "Cite the sources you use with their numbers in square brackets, like [1]. "

@@ -131,6 +131,8 @@ def _plan(
             report.unchanged.extend(r.doc_id for r in old)
             for r in old:
                 claimed[r.doc_id] = source
+            if path.suffix.lower() in (".jsonl", ".json"):
+                report.failed.extend(load_bytes(data, path, source)[1])  # its bad records, again
             continue
         docs, failures = load_bytes(data, path, source)
         report.failed.extend(failures)
@@ -138,7 +140,7 @@ def _plan(
             continue  # a file that became unreadable keeps what was stored from it
         current_ids = {d.doc_id for d in docs}
         for r in old:
-            if r.doc_id not in current_ids and not failures:
+            if r.doc_id not in current_ids and not _may_be_failed(r.doc_id, data, failures):
                 plan.deletes.append(r.doc_id)  # a record removed from a JSONL file
                 report.deleted.append(r.doc_id)
         for doc in docs:
@@ -172,7 +174,7 @@ def _plan_document(
         report.unchanged.append(doc.doc_id)
         if old.file_hash == doc.file_hash:
             return None
-        old.file_hash = doc.file_hash
+        old.file_hash, old.line = doc.file_hash, doc.line  # records above it may have moved
         return _Keep(old)
     if old is not None:
         dedup.remove(doc.doc_id)
@@ -252,6 +254,17 @@ def _read(path: Path, source: str, max_bytes: int, report: IngestReport) -> byte
     except OSError as e:
         report.failed.append(LoadFailure(source, f"unreadable: {e.strerror or e}"))
         return None
+
+
+def _may_be_failed(doc_id: str, data: bytes, failures: list[LoadFailure]) -> bool:
+    """Whether a record missing from a file may be one of its failed parts (then it is kept)."""
+    lines = data.split(b"\n")
+    for f in failures:
+        if f.line is None or f.line > len(lines):
+            return True  # a failure not tied to a line could be any record
+        if doc_id in lines[f.line - 1].decode("utf-8", "replace"):
+            return True
+    return False
 
 
 def _under(source: str, root: str) -> bool:

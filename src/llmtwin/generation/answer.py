@@ -1,10 +1,15 @@
-"""Answers with citations that always point at real retrieved chunks.
+"""Answers with citations that always point at real retrieved chunks, and say nothing unsupported.
 
 The model is asked to cite with [n]. What it writes is checked sentence by sentence as it
-streams: a marker naming no source is dropped; a sentence the model left uncited gets the
-source that supports it best by word overlap (if any does); an answer that says it does not
-know is marked as an abstention. Small local models cite unreliably, so attribution after the
-fact is what keeps every marker honest.
+streams:
+- a marker naming no source is dropped;
+- a sentence the model left uncited gets the source that supports it best by word overlap;
+- with `generation.grounded` (the default), a sentence that no source supports — fewer than
+  `min_support` of its content words in any one source — is not shown at all;
+- an answer that says it does not know is marked as an abstention.
+If nothing the model wrote survives, the answer falls back to quoting the source sentences most
+similar to the question (cited), or abstains when none is similar enough. Small local models
+cite unreliably and drift; these checks are what keep an answer honest.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+
+import numpy as np
 
 from llmtwin.config import GenerationConfig, LLMConfig
 from llmtwin.models.llm import LLM, Message
@@ -30,7 +37,8 @@ _STOP = frozenset(
     "a an the and or but if of to in on at by for with from as is are was were be been being it its "
     "this that these those there their they them he she his her we you your our i me my not no do does "
     "did can could would should will shall may might must have has had which who whom what when where "
-    "why how than then so such into about over under also just only very more most some any all each".split()
+    "why how than then so such into about over under also just only very more most some any all each "
+    "answer question source sources following here".split()
 )
 
 
@@ -39,6 +47,8 @@ class Generated:
     text: str
     citations: list[Citation]
     abstained: bool
+    dropped: list[str]  # generated sentences left out as unsupported
+    extractive: bool = False
 
 
 def content_words(text: str) -> set[str]:
@@ -48,49 +58,56 @@ def content_words(text: str) -> set[str]:
 class CitationChecker:
     """Turns the model's raw text, sentence by sentence, into text whose markers are all real."""
 
-    def __init__(self, hits: list[Hit], min_support: float = 0.5):
+    def __init__(self, hits: list[Hit], min_support: float = 0.5, grounded: bool = True):
         self.hits = hits
         self.words = [content_words(h.chunk.text) for h in hits]
         self.min_support = min_support
-        self.used: list[int] = []
+        self.grounded = grounded
+        self.dropped: list[str] = []
 
     def sentence(self, raw: str) -> str:
-        valid: list[int] = []
+        """The sentence with valid markers only, a marker added if it had none, or "" if unsupported."""
+        cited: list[int] = []
 
         def keep(match: re.Match) -> str:
-            numbers = [int(x) for x in re.split(r"\s*,\s*", match.group(1))]
-            good = [n for n in numbers if 1 <= n <= len(self.hits)]
-            valid.extend(good)
+            good = [n for n in _numbers(match.group(1)) if 1 <= n <= len(self.hits)]
+            cited.extend(good)
             return "".join(f"[{n}]" for n in good)
 
         text = _MARKER.sub(keep, raw)
-        if not valid and not _ABSTAIN.search(text):
-            best = self._best_support(text)
-            if best is not None:
-                valid.append(best)
-                text = _insert_marker(text, best)
-        for n in valid:
-            if n not in self.used:
-                self.used.append(n)
+        if _ABSTAIN.search(text):
+            return text
+        best, support = self._best_support(text)
+        if self.grounded and support < self.min_support:
+            if text.strip():
+                self.dropped.append(text.strip())
+            return ""
+        if not cited and best is not None and support >= self.min_support:
+            text = _insert_marker(text, best)
         return text
 
-    def _best_support(self, sentence: str) -> int | None:
-        words = content_words(sentence)
-        if not words:
-            return None
+    def _best_support(self, sentence: str) -> tuple[int | None, float]:
+        words = content_words(_MARKER.sub("", sentence))
+        if len(words) < 2:
+            return None, 0.0
         scores = [len(words & w) / len(words) for w in self.words]
-        best = max(range(len(scores)), key=lambda i: scores[i], default=None)
-        if best is None or scores[best] < self.min_support:
-            return None
-        return best + 1
+        if not scores:
+            return None, 0.0
+        best = max(range(len(scores)), key=lambda i: scores[i])
+        return best + 1, scores[best]
 
     def citations(self, text: str) -> list[Citation]:
-        cited = sorted({int(n) for m in _MARKER.finditer(text) for n in re.split(r"\s*,\s*", m.group(1))})
+        cited = sorted({n for m in _MARKER.finditer(text) for n in _numbers(m.group(1))})
         out = []
         for n in cited:
-            chunk = self.hits[n - 1].chunk
-            out.append(Citation(n, chunk.chunk_id, chunk.doc_id, chunk.source, chunk.text))
+            if 1 <= n <= len(self.hits):
+                chunk = self.hits[n - 1].chunk
+                out.append(Citation(n, chunk.chunk_id, chunk.doc_id, chunk.source, chunk.text))
         return out
+
+
+def _numbers(group: str) -> list[int]:
+    return [int(x) for x in re.split(r"\s*,\s*", group)]
 
 
 def _insert_marker(sentence: str, n: int) -> str:
@@ -116,35 +133,83 @@ def _sentences(pieces: Iterator[str]) -> Iterator[str]:
         yield buffer
 
 
+def source_sentences(text: str) -> list[str]:
+    """Prose sentences of a chunk worth quoting (no headings, code or fragments)."""
+    out = []
+    in_code = False
+    for line in text.splitlines():
+        if line.strip().startswith("```"):
+            in_code = not in_code
+            continue
+        if in_code or line.lstrip().startswith(("#", "|")):
+            continue
+        for sentence in re.split(r"(?<=[.!?])\s+", line.strip().lstrip("-* ").strip()):
+            if 4 <= len(sentence.split()) <= 60:
+                out.append(sentence)
+    return out
+
+
+def extractive_answer(
+    question: str,
+    hits: list[Hit],
+    embed: Callable[[list[str]], np.ndarray],
+    max_sentences: int,
+    min_similarity: float,
+) -> str:
+    """The source sentences most similar to the question, in source order, each cited."""
+    candidates = [(n, s) for n, hit in enumerate(hits, start=1) for s in source_sentences(hit.chunk.text)]
+    if not candidates or max_sentences <= 0:
+        return ""
+    vectors = embed([question] + [s for _, s in candidates])
+    similarity = vectors[1:] @ vectors[0]
+    best = [i for i in np.argsort(-similarity)[:max_sentences] if similarity[i] >= min_similarity]
+    parts = []
+    for i in sorted(best):
+        n, sentence = candidates[i]
+        parts.append(_insert_marker(sentence, n))
+    return " ".join(parts)
+
+
 def generate_answer(
+    question: str,
     messages: list[Message],
     hits: list[Hit],
     llm: LLM,
     llm_cfg: LLMConfig,
     gen_cfg: GenerationConfig,
+    embed: Callable[[list[str]], np.ndarray],
     on_text: Callable[[str], None] | None = None,
 ) -> Generated:
+    def emit(text: str) -> None:
+        if on_text and text:
+            on_text(text)
+
     if not hits:
-        if on_text:
-            on_text(gen_cfg.abstain_text)
-        return Generated(gen_cfg.abstain_text, [], True)
-    checker = CitationChecker(hits)
+        emit(gen_cfg.abstain_text)
+        return Generated(gen_cfg.abstain_text, [], True, [])
+    checker = CitationChecker(hits, gen_cfg.min_support, gen_cfg.grounded)
     pieces = llm.stream(
         messages,
         max_new_tokens=llm_cfg.max_new_tokens,
         temperature=llm_cfg.temperature,
+        repetition_penalty=llm_cfg.repetition_penalty,
         stop=["\nQuestion:", "\nSources:", "<|im_end|>"],
     )
     out = []
     for raw in _sentences(pieces):
         text = checker.sentence(raw)
         out.append(text)
-        if on_text:
-            on_text(text)
+        emit(text)
     answer = "".join(out).strip()
-    abstained = not answer or bool(_ABSTAIN.search(answer)) and not _MARKER.search(answer)
-    if not answer:
-        answer = gen_cfg.abstain_text
-        if on_text:
-            on_text(answer)
-    return Generated(answer, checker.citations(answer), abstained)
+    if answer and (_MARKER.search(answer) or not _ABSTAIN.search(answer)):
+        return Generated(answer, checker.citations(answer), False, checker.dropped)
+    if answer:  # the model said it does not know
+        return Generated(answer, [], True, checker.dropped)
+    quoted = extractive_answer(
+        question, hits, embed, gen_cfg.extractive_sentences, gen_cfg.extractive_min_similarity
+    )
+    if quoted:
+        emit(quoted)
+        return Generated(quoted, checker.citations(quoted), False, checker.dropped, extractive=True)
+    emit(gen_cfg.abstain_text)
+    return Generated(gen_cfg.abstain_text, [], True, checker.dropped)

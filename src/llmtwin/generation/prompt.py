@@ -29,11 +29,7 @@ def select_context(hits: list[Hit], llm: LLM, budget_tokens: int) -> list[Hit]:
 
 
 def build_messages(question: str, hits: list[Hit], cfg: GenerationConfig) -> list[Message]:
-    blocks = [f"[{n}] ({source_label(hit)})\n{hit.chunk.text.strip()}" for n, hit in enumerate(hits, start=1)]
-    user = (
-        "Sources:\n\n"
-        + "\n\n".join(blocks)
-        + f"\n\nQuestion: {question.strip()}\n"
-        + "Answer briefly from the sources above and cite them like [1]."
-    )
+    """Sources as `[n] text` only: labels (paths, headings) made small models echo them back."""
+    blocks = [f"[{n}] {hit.chunk.text.strip()}" for n, hit in enumerate(hits, start=1)]
+    user = "Sources:\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question.strip()}"
     return [{"role": "system", "content": cfg.system_prompt}, {"role": "user", "content": user}]

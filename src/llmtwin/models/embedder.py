@@ -85,6 +85,13 @@ class SentenceTransformerEmbedder:
         self.dim = int(self.model.get_embedding_dimension())
         self.max_tokens = int(self.model.max_seq_length or 512)
         self.tokenizer = self.model.tokenizer
+        tokenizer_json = self.model_dir / "tokenizer.json"
+        if tokenizer_json.exists():
+            # The chunker's counter: batch-counts and is marked additive for whitespace-split
+            # tokenizers, which spares the chunker from re-counting merged pieces.
+            from llmtwin.feature.chunk import hf_token_counter
+
+            self.count_tokens = hf_token_counter(tokenizer_json)  # type: ignore[method-assign]
 
     def __repr__(self) -> str:
         return f"SentenceTransformerEmbedder(name={self.name!r}, dim={self.dim})"

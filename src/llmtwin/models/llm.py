@@ -42,6 +42,7 @@ class LLM(Protocol):
         max_new_tokens: int,
         temperature: float = 0.0,
         stop: list[str] | None = None,
+        repetition_penalty: float = 1.0,
     ) -> Iterator[str]:
         """Text pieces as they are generated."""
         ...
@@ -53,6 +54,7 @@ class LLM(Protocol):
         max_new_tokens: int,
         temperature: float = 0.0,
         stop: list[str] | None = None,
+        repetition_penalty: float = 1.0,
     ) -> str:
         """The whole generated text: "".join(stream(...))."""
         ...
@@ -66,7 +68,9 @@ class _Base:
     name: str
     context_window: int
 
-    def stream(self, messages, *, max_new_tokens, temperature=0.0, stop=None) -> Iterator[str]:
+    def stream(
+        self, messages, *, max_new_tokens, temperature=0.0, stop=None, repetition_penalty=1.0
+    ) -> Iterator[str]:
         raise NotImplementedError
 
     def complete(
@@ -76,8 +80,17 @@ class _Base:
         max_new_tokens: int,
         temperature: float = 0.0,
         stop: list[str] | None = None,
+        repetition_penalty: float = 1.0,
     ) -> str:
-        return "".join(self.stream(messages, max_new_tokens=max_new_tokens, temperature=temperature, stop=stop))
+        return "".join(
+            self.stream(
+                messages,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                stop=stop,
+                repetition_penalty=repetition_penalty,
+            )
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, context_window={self.context_window})"
@@ -227,7 +240,7 @@ class TransformersLLM(_Base):
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         return self.tokenizer.decode(ids[n_tokens:]) if n_tokens < len(ids) else ""
 
-    def _generation_config(self, max_new_tokens: int, temperature: float):
+    def _generation_config(self, max_new_tokens: int, temperature: float, repetition_penalty: float = 1.0):
         import copy
 
         cfg = copy.deepcopy(self.model.generation_config)
@@ -235,6 +248,7 @@ class TransformersLLM(_Base):
         cfg.max_length = None
         cfg.eos_token_id = self.eos_token_ids
         cfg.pad_token_id = self.pad_token_id
+        cfg.repetition_penalty = repetition_penalty if repetition_penalty != 1.0 else None
         if temperature > 0:
             cfg.do_sample = True
             cfg.temperature = temperature
@@ -253,6 +267,7 @@ class TransformersLLM(_Base):
         max_new_tokens: int,
         temperature: float = 0.0,
         stop: list[str] | None = None,
+        repetition_penalty: float = 1.0,
     ) -> Iterator[str]:
         import torch
         from transformers import (
@@ -279,7 +294,7 @@ class TransformersLLM(_Base):
                 with torch.inference_mode():
                     self.model.generate(
                         **enc,
-                        generation_config=self._generation_config(max_new_tokens, temperature),
+                        generation_config=self._generation_config(max_new_tokens, temperature, repetition_penalty),
                         stopping_criteria=StoppingCriteriaList([_Halt()]),
                         streamer=streamer,
                     )
@@ -387,18 +402,20 @@ class LlamaCppLLM(_Base):
         max_new_tokens: int,
         temperature: float = 0.0,
         stop: list[str] | None = None,
+        repetition_penalty: float = 1.0,
     ) -> Iterator[str]:
         messages = self._fit(messages, max_new_tokens)
         with self._lock:
-            yield from self._stream_locked(messages, max_new_tokens, temperature, stop)
+            yield from self._stream_locked(messages, max_new_tokens, temperature, stop, repetition_penalty)
 
-    def _stream_locked(self, messages, max_new_tokens, temperature, stop) -> Iterator[str]:
+    def _stream_locked(self, messages, max_new_tokens, temperature, stop, repetition_penalty) -> Iterator[str]:
         try:
             chunks = self.llama.create_chat_completion(
                 messages=messages,
                 max_tokens=max_new_tokens,
                 temperature=temperature,
                 seed=self.seed,
+                repeat_penalty=repetition_penalty,
                 stop=list(stop) if stop else None,
                 stream=True,
             )
@@ -469,11 +486,14 @@ class OpenAILLM(_Base):
         max_new_tokens: int,
         temperature: float = 0.0,
         stop: list[str] | None = None,
+        repetition_penalty: float = 1.0,
     ) -> Iterator[str]:
         import openai
 
         messages = self._fit(messages, max_new_tokens)
-        kwargs = {"stop": list(stop)} if stop else {}
+        kwargs: dict = {"stop": list(stop)} if stop else {}
+        if repetition_penalty != 1.0:  # not in the OpenAI API; vLLM and llama.cpp servers read it
+            kwargs["extra_body"] = {"repetition_penalty": repetition_penalty}
         cut = _StopFilter(stop)
         try:
             chunks = self.client.chat.completions.create(
