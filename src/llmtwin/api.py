@@ -45,10 +45,13 @@ class Twin:
         if self._store is None:
             from llmtwin.store.lancedb_store import LanceStore
 
+            limit = self.config.store.memory_max_chunks
             if create:
-                self._store = LanceStore(self.project.store_dir, self.embedder.name, self.embedder.dim)
+                self._store = LanceStore(
+                    self.project.store_dir, self.embedder.name, self.embedder.dim, memory_max_chunks=limit
+                )
             else:
-                self._store = LanceStore(self.project.store_dir)
+                self._store = LanceStore(self.project.store_dir, memory_max_chunks=limit)
         return self._store
 
     def _checked_store(self):
@@ -93,25 +96,114 @@ class Twin:
         mode: str | None = None,
         filters: dict[str, str] | list[str] | None = None,
         query_vector=None,
+        retrieval: dict[str, Any] | None = None,
     ):
+        """Search, then the configured post-retrieval stages (retrieval/pipeline.py).
+
+        `retrieval` overrides `retrieval.*` fields for this request only, e.g. `{"mmr": True,
+        "window": 1, "rerank": "off"}`. A given `query_vector` is used as is (no adapter).
+        """
+        from llmtwin.retrieval.pipeline import Pipeline
         from llmtwin.retrieval.search import parse_filters, search
 
-        cfg = self.config.retrieval
+        cfg = self.retrieval_config(retrieval)
         mode = mode or cfg.mode
         if mode not in ("hybrid", "dense", "bm25"):
             raise TwinError(f"--mode {mode!r}: expected hybrid, dense or bm25")
         parsed = parse_filters(filters)  # a malformed filter fails before any model loads
-        return search(
-            self._checked_store(),
+        k = k or cfg.k
+        store = self._checked_store()
+        reranker = self.reranker(cfg)
+        timings: dict[str, float] = {}
+        raw: list = [query_vector] if query_vector is not None else []
+
+        def raw_vector():  # the query's own embedding, once (sentence-level stages compare with it)
+            if not raw:
+                t = time.perf_counter()
+                raw.append(self.embedder.embed_query(query))
+                timings["embed_query"] = time.perf_counter() - t
+            return raw[0]
+
+        pipeline = Pipeline(
+            cfg, k=k, query=query, store=store, embedder=self.embedder, query_vector=raw_vector, reranker=reranker
+        )
+        search_vector = query_vector
+        adapter = self.adapter(cfg) if query_vector is None and mode != "bm25" else None
+        if search_vector is None and mode != "bm25" and (adapter is not None or pipeline.after):
+            search_vector = raw_vector()
+            if adapter is not None:
+                t = time.perf_counter()
+                search_vector = adapter(search_vector)
+                timings["adapter"] = time.perf_counter() - t
+        result = search(
+            store,
             self.embedder,
             query,
-            k=k or cfg.k,
+            k=pipeline.depth,
             mode=mode,  # type: ignore[arg-type]
             candidates=cfg.candidates,
             rrf_k=cfg.rrf_k,
             filters=parsed,
-            query_vector=query_vector,
+            query_vector=search_vector,
         )
+        result.timings = {**timings, **result.timings}
+        first = mode if adapter is None else f"{mode}+{adapter.name}"
+        pipeline.run(result, first)
+        result.timings.update({n: v for n, v in timings.items() if n not in result.timings})  # embedded late
+        return result
+
+    def retrieval_config(self, overrides: dict[str, Any] | None = None):
+        """retrieval.* with per-request overrides, validated (a bad one is a TwinError naming it)."""
+        from pydantic import ValidationError
+
+        from llmtwin.config import RetrievalConfig
+
+        cfg = self.config.retrieval
+        if not overrides:
+            return cfg
+        unknown = sorted(set(overrides) - set(RetrievalConfig.model_fields))
+        if unknown:
+            raise TwinError(f"unknown retrieval option(s): {', '.join(unknown)}")
+        try:
+            return RetrievalConfig.model_validate({**cfg.model_dump(), **overrides})
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise TwinError(f"retrieval.{'.'.join(map(str, err['loc']))}: {err['msg']}") from e
+
+    def reranker(self, cfg=None):
+        """The cross-encoder the config asks for: reranker_path, else the project's latest trained one."""
+        from llmtwin.models.get import get_reranker
+        from llmtwin.models.versions import latest
+
+        cfg = cfg or self.config.retrieval
+        if cfg.rerank == "off":
+            return None
+        if cfg.reranker_path:
+            path = Path(cfg.reranker_path).expanduser()
+            path = path if path.is_absolute() else self.project.root / path
+            return get_reranker(path)
+        path = latest(self.project.state_dir, "reranker")
+        if path is None:
+            if cfg.rerank == "on":
+                raise TwinError(
+                    "retrieval.rerank=on but this project has no trained reranker: run `twin tune reranker` "
+                    "(or set retrieval.reranker_path to a cross-encoder dir)"
+                )
+            return None
+        return get_reranker(path, f"reranker-{path.name}")
+
+    def adapter(self, cfg=None):
+        """The project's latest query adapter, if adapter=auto and its training validated it."""
+        from llmtwin.models.get import get_adapter
+        from llmtwin.models.versions import latest, read_card
+
+        cfg = cfg or self.config.retrieval
+        if cfg.adapter == "off":
+            return None
+        path = latest(self.project.state_dir, "adapter")
+        if path is None or not read_card(path).get("use", False):
+            return None
+        return get_adapter(path, f"adapter-{path.name}")
 
     def search(self, query: str, **kwargs: Any) -> list[Hit]:
         return self.search_explain(query, **kwargs).hits
@@ -124,24 +216,34 @@ class Twin:
         mode: str | None = None,
         filters: dict[str, str] | list[str] | None = None,
         on_text: Callable[[str], None] | None = None,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        retrieval: dict[str, Any] | None = None,
     ) -> Answer:
+        """`max_new_tokens` / `temperature` override llm.* for this answer only (the server's per-request values);
+        `retrieval` overrides retrieval.* (see search_explain)."""
         from llmtwin.generation.answer import generate_answer
         from llmtwin.generation.prompt import build_messages, select_context
+        from llmtwin.retrieval.pipeline import first_stage_score
         from llmtwin.trace import hits_record, new_trace_id, write_trace
 
         started = time.perf_counter()
-        result = self.search_explain(question, k=k, mode=mode, filters=filters)
+        result = self.search_explain(question, k=k, mode=mode, filters=filters, retrieval=retrieval)
         search_s = time.perf_counter() - started  # includes loading the embedder on first use
         gen = self.config.generation
-        hits = [h for h in result.hits if h.score >= gen.min_score]
+        hits = [h for h in result.hits if first_stage_score(h) >= gen.min_score]  # rerank/MMR scores differ
         t = time.perf_counter()
         llm = self.llm if hits else None  # nothing to answer from: abstain without loading the LLM
         load_s = time.perf_counter() - t
         context = select_context(hits, llm, gen.context_tokens)
         messages = build_messages(question, context, gen)
         t = time.perf_counter()
+        llm_cfg = self.config.llm
+        overrides = {"max_new_tokens": max_new_tokens, "temperature": temperature}
+        if any(v is not None for v in overrides.values()):
+            llm_cfg = llm_cfg.model_copy(update={k: v for k, v in overrides.items() if v is not None})
         generated = generate_answer(
-            question, messages, context, llm, self.config.llm, gen, self.embedder.embed_passages, on_text
+            question, messages, context, llm, llm_cfg, gen, self.embedder.embed_passages, on_text
         )
         timings = {f"search.{k}": v for k, v in result.timings.items()}
         timings.update({"search": search_s, "llm_load": load_s})
@@ -160,6 +262,7 @@ class Twin:
                 "config_hash": self.config_hash(),
                 "filters": filters,
                 "where": result.where,
+                "pipeline": result.pipeline,
                 "stages": {name: hits_record(stage) for name, stage in result.stages.items()},
                 "context": [h.chunk.chunk_id for h in context],
                 "prompt": messages,

@@ -63,6 +63,20 @@ class RetrievalConfig(_Section):
     k: int = Field(5, ge=1)
     candidates: int = Field(100, ge=1)  # per retriever before fusion
     rrf_k: int = Field(60, ge=1)
+    # Post-retrieval stages (retrieval/pipeline.py), in this order: merge → rerank → mmr → top k →
+    # window → compress. Each can also be set per request (Twin.search_explain(retrieval={...}), CLI flags).
+    fetch_k: int = Field(20, ge=1)  # first-stage hits handed to merge / MMR (the reranker reads rerank_top_n)
+    merge: bool = False  # auto-merging: return a section instead of its chunks when enough are retrieved
+    merge_threshold: float = Field(0.5, gt=0.0, le=1.0)  # share of a section's chunks retrieved to merge
+    merge_max_chars: int = Field(6000, ge=1)  # longer sections are never returned whole
+    rerank: Literal["auto", "on", "off"] = "auto"  # auto: the project's trained reranker once there is one
+    rerank_top_n: int = Field(20, ge=1)  # hits the cross-encoder re-scores
+    reranker_path: str | None = None  # a cross-encoder dir to use instead of .twin/models/reranker/<latest>
+    mmr: bool = False  # maximal marginal relevance over fetch_k candidates
+    mmr_lambda: float = Field(0.7, ge=0.0, le=1.0)  # 1 = relevance only, 0 = diversity only
+    window: int = Field(0, ge=0)  # sentence window: sentences kept each side of the best one (0 = off)
+    compress_tokens: int = Field(0, ge=0)  # context compression budget in embedder tokens (0 = off)
+    adapter: Literal["auto", "off"] = "auto"  # auto: the project's trained query adapter, if it helped
 
 
 class GenerationConfig(_Section):
@@ -83,6 +97,30 @@ class GenerationConfig(_Section):
 class StoreConfig(_Section):
     backend: Literal["lancedb"] = "lancedb"
     path: str = ".twin/store"  # relative to the project root
+    memory_max_chunks: int = Field(200_000, ge=0)  # up to this many chunks, search runs on an in-memory copy
+
+
+class ServeConfig(_Section):
+    """`twin serve`: the OpenAI-compatible HTTP API and the web UI."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    rag_model: str = "twin-rag"  # the model id that answers with retrieval and citations
+    queue_size: int = Field(32, ge=0)  # generation requests that may wait for the LLM; more get 429
+    max_tokens: int = Field(1024, ge=1)  # the most new tokens one request may ask for
+    max_body_kb: int = Field(1024, ge=1)  # JSON request bodies
+    max_upload_mb: float = Field(50.0, gt=0)  # one /v1/ingest upload (all its files)
+    upload_dir: str = "uploads"  # where uploads are saved, relative to the project root
+
+
+class EvalConfig(_Section):
+    """`twin eval`: retrieval cut-offs, bootstrap resamples and what the report shows."""
+
+    ks: list[int] = Field(default_factory=lambda: [1, 3, 5, 10])  # recall@k, precision@k, MRR@k, nDCG@k
+    depth_factor: int = Field(3, ge=1)  # chunks searched per question = depth_factor × max(ks)
+    resamples: int = Field(1000, ge=0)  # bootstrap resamples for CIs (0: none)
+    confidence: float = Field(0.95, gt=0.0, lt=1.0)
+    worst: int = Field(20, ge=0)  # worst examples shown with their retrieved context
 
 
 class TwinConfig(_Section):
@@ -94,6 +132,8 @@ class TwinConfig(_Section):
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    evaluation: EvalConfig = Field(default_factory=EvalConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
 
 def load_config(path: Path) -> TwinConfig:

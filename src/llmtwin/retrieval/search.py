@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -26,6 +27,7 @@ class SearchResult:
     stages: dict[str, list[Hit]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     where: str | None = None
+    pipeline: list[str] = field(default_factory=list)  # the stages that ran, described (retrieval/pipeline.py)
 
 
 def parse_filters(items: list[str] | dict[str, str] | None) -> dict[str, str]:
@@ -106,6 +108,23 @@ def rrf(rankings: list[list[Hit]], k: int = 60) -> list[Hit]:
     return out
 
 
+_POOL: list[ThreadPoolExecutor] = []
+
+
+def _pool() -> ThreadPoolExecutor:
+    if not _POOL:
+        _POOL.append(ThreadPoolExecutor(max_workers=2, thread_name_prefix="bm25"))
+    return _POOL[0]
+
+
+def _text_stage(store: LanceStore, query: str, depth: int, where: str | None) -> tuple[list[Hit], float]:
+    t = time.perf_counter()
+    hits = store.text_search(query, depth, where)
+    for hit in hits:
+        hit.scores["bm25"] = hit.score
+    return hits, time.perf_counter() - t
+
+
 def search(
     store: LanceStore,
     embedder: Embedder,
@@ -127,6 +146,9 @@ def search(
     if filters:
         result.timings["filter"] = time.perf_counter() - t
     depth = max(candidates, k) if mode == "hybrid" else k
+    bm25_future = None
+    if mode == "hybrid":  # BM25 runs beside the query embedding: it needs no vector
+        bm25_future = _pool().submit(_text_stage, store, query, depth, result.where)
     if mode in ("dense", "hybrid"):
         vector = query_vector
         if vector is None:
@@ -140,12 +162,9 @@ def search(
         result.stages["dense"] = dense
         result.timings["dense"] = time.perf_counter() - t
     if mode in ("bm25", "hybrid"):
-        t = time.perf_counter()
-        bm25 = store.text_search(query, depth, result.where)
-        for hit in bm25:
-            hit.scores["bm25"] = hit.score
+        bm25, seconds = bm25_future.result() if bm25_future else _text_stage(store, query, depth, result.where)
         result.stages["bm25"] = bm25
-        result.timings["bm25"] = time.perf_counter() - t
+        result.timings["bm25"] = seconds
     if mode == "hybrid":
         t = time.perf_counter()
         result.hits = rrf([result.stages["dense"], result.stages["bm25"]], rrf_k)[:k]

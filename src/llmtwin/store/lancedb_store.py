@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,13 @@ _DOC_SCHEMA = pa.schema([
 class LanceStore:
     """Open with the embedder that will write to it; `dim=None` opens an existing store as it is."""
 
-    def __init__(self, path: Path, embedder_name: str | None = None, dim: int | None = None):
+    def __init__(
+        self,
+        path: Path,
+        embedder_name: str | None = None,
+        dim: int | None = None,
+        memory_max_chunks: int = 200_000,
+    ):
         self.path = path
         meta = self._read_meta()
         if meta is None:
@@ -108,6 +115,10 @@ class LanceStore:
         self.chunks = self._open("chunks", _chunk_schema(self.dim), existing)
         self.sections = self._open("sections", _SECTION_SCHEMA, existing)
         self.docs = self._open("documents", _DOC_SCHEMA, existing)
+        self.memory_max_chunks = memory_max_chunks
+        self._cache: _MemoryCache | None = None
+        self._fts_checked: int | None = None
+        self._fts_present = False
 
     def _read_meta(self) -> dict | None:
         meta_path = self.path / "meta.json"
@@ -159,6 +170,49 @@ class LanceStore:
         )
         by_id = {row["chunk_id"]: _row_to_chunk(row) for row in rows}
         return [by_id[c] for c in chunk_ids if c in by_id]
+
+    def get_vectors(self, chunk_ids: list[str]) -> dict[str, np.ndarray]:
+        """Stored vectors of these chunks, by chunk id (MMR's redundancy term)."""
+        if not chunk_ids:
+            return {}
+        table = (
+            self.chunks.search().where(sql_in("chunk_id", list(dict.fromkeys(chunk_ids))))
+            .select(["chunk_id", "vector"]).limit(None).to_arrow()
+        )
+        ids = table.column("chunk_id").to_pylist()
+        if not ids:
+            return {}
+        vectors = table.column("vector").combine_chunks().flatten().to_numpy().reshape(len(ids), -1)
+        return dict(zip(ids, vectors.astype(np.float32, copy=False)))
+
+    def get_sections(self, section_ids: list[str]) -> dict[str, Section]:
+        """Parent sections by id (sentence windows and auto-merging read their text)."""
+        if not section_ids:
+            return {}
+        rows = (
+            self.sections.search().where(sql_in("section_id", list(dict.fromkeys(section_ids))))
+            .limit(None).to_list()
+        )
+        return {
+            row["section_id"]: Section(
+                row["section_id"], row["doc_id"], list(row["heading_path"] or []),
+                int(row["start"]), int(row["end"]), row["text"],
+            )
+            for row in rows
+        }
+
+    def children(self, parent_ids: list[str]) -> dict[str, list[str]]:
+        """Chunk ids of each parent section, in document order."""
+        if not parent_ids:
+            return {}
+        rows = (
+            self.chunks.search().where(sql_in("parent_id", list(dict.fromkeys(parent_ids))))
+            .select(["chunk_id", "parent_id", "idx"]).limit(None).to_list()
+        )
+        out: dict[str, list[tuple[int, str]]] = {}
+        for row in rows:
+            out.setdefault(row["parent_id"], []).append((int(row["idx"]), row["chunk_id"]))
+        return {p: [c for _, c in sorted(kids)] for p, kids in out.items()}
 
     # -- writing ---------------------------------------------------------------
     def write_batch(
@@ -249,6 +303,10 @@ class LanceStore:
 
     # -- search ----------------------------------------------------------------
     def dense_search(self, vector: np.ndarray, limit: int, where: str | None = None) -> list[Hit]:
+        """Exact cosine search: in memory when the table fits the cache and no filter applies."""
+        cache = None if where else self._memory()
+        if cache is not None:
+            return cache.dense(np.asarray(vector, dtype=np.float32), limit)
         query = (
             self.chunks.search(vector, vector_column_name="vector")
             .distance_type("cosine")
@@ -262,20 +320,29 @@ class LanceStore:
         ]
 
     def text_search(self, query: str, limit: int, where: str | None = None) -> list[Hit]:
+        """BM25 over the LanceDB full-text index; rows come from the memory cache when it holds them."""
         if not query.strip() or not self._has_fts():
             return []
+        cache = self._memory()
+        columns = ["chunk_id", "_score"] if cache is not None else _HIT_COLUMNS + ["_score"]
         try:
-            rows = self._fts(query, limit, where)
+            rows = self._fts(query, limit, where, columns)
         except (ValueError, RuntimeError, OSError):
             # query syntax characters (quotes, colons, brackets): search the plain words instead
             plain = " ".join("".join(c if c.isalnum() else " " for c in query).split())
-            rows = self._fts(plain, limit, where) if plain else []
+            rows = self._fts(plain, limit, where, columns) if plain else []
+        if cache is not None:
+            return [
+                Hit(replace(cache.by_id[row["chunk_id"]]), float(row["_score"]))
+                for row in rows
+                if row["chunk_id"] in cache.by_id
+            ]
         return [Hit(_row_to_chunk(row), float(row["_score"])) for row in rows]
 
-    def _fts(self, query: str, limit: int, where: str | None) -> list[dict]:
+    def _fts(self, query: str, limit: int, where: str | None, columns: list[str]) -> list[dict]:
         builder = (
             self.chunks.search(query, query_type="fts", fts_columns="text")
-            .select(_HIT_COLUMNS + ["_score"])
+            .select(columns)
             .limit(limit)
         )
         if where:
@@ -283,7 +350,47 @@ class LanceStore:
         return builder.to_list()
 
     def _has_fts(self) -> bool:
-        return any("text" in idx.columns for idx in self.chunks.list_indices())
+        version = self.chunks.version
+        if self._fts_checked != version:
+            self._fts_present = any("text" in idx.columns for idx in self.chunks.list_indices())
+            self._fts_checked = version
+        return self._fts_present
+
+    def _memory(self) -> _MemoryCache | None:
+        """The chunks table in memory (vectors as one matrix), reloaded when the table changes."""
+        version = self.chunks.version
+        if self._cache is not None and self._cache.version == version:
+            return self._cache
+        self._cache = None
+        if self.memory_max_chunks <= 0 or self.chunks.count_rows() > self.memory_max_chunks:
+            return None
+        self._cache = _MemoryCache(version, self.chunks.to_arrow())
+        return self._cache
+
+
+class _MemoryCache:
+    """Chunk rows and a normalised vector matrix: exact search in ~1 ms at 10k chunks."""
+
+    def __init__(self, version: int, table: pa.Table):
+        self.version = version
+        rows = table.drop_columns(["vector"]).to_pylist()
+        self.chunks = [_row_to_chunk(row) for row in rows]
+        self.by_id = {c.chunk_id: c for c in self.chunks}
+        n = table.num_rows
+        flat = table.column("vector").combine_chunks().flatten().to_numpy() if n else np.zeros(0, np.float32)
+        matrix = flat.reshape(n, -1).astype(np.float32, copy=False)
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True) if n else np.ones((0, 1), np.float32)
+        self.matrix = matrix / np.maximum(norms, 1e-12)
+
+    def dense(self, vector: np.ndarray, limit: int) -> list[Hit]:
+        if not self.chunks:
+            return []
+        vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
+        scores = self.matrix @ vector
+        limit = min(limit, len(scores))
+        top = np.argpartition(-scores, limit - 1)[:limit]
+        top = top[np.lexsort((top, -scores[top]))]  # by score, then table order: deterministic
+        return [Hit(replace(self.chunks[i]), float(scores[i])) for i in top]  # copies: stages may edit
 
 
 def _row_to_chunk(row: dict) -> Chunk:
