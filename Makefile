@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+CHROMIUM := /usr/bin/chromium
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -27,8 +28,16 @@ run: install
 	$(BIN)/twin --project demo ask "Which vector store does llmtwin use by default?"
 	$(BIN)/twin --project demo ask "How do I use an OpenAI-compatible server as the LLM?"
 
-test: install
+test: install $(CHROMIUM)
 	$(BIN)/python -m pytest -q
+
+# Debian's Chromium for the web UI test (Playwright drives it; no browser is downloaded).
+# Installed once, as root; skipped when it is already there (the test skips without it).
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+			|| echo "could not install chromium: the web UI test will be skipped"; \
+	else echo "chromium missing: install Debian's chromium as root for the web UI test (skipped meanwhile)"; fi
 
 bench: install
 	$(BIN)/python bench/retrieval.py

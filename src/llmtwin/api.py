@@ -219,9 +219,11 @@ class Twin:
         max_new_tokens: int | None = None,
         temperature: float | None = None,
         retrieval: dict[str, Any] | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> Answer:
         """`max_new_tokens` / `temperature` override llm.* for this answer only (the server's per-request values);
-        `retrieval` overrides retrieval.* (see search_explain)."""
+        `retrieval` overrides retrieval.* (see search_explain). Generation stops early, at the next
+        token, once `cancelled()` is true (a server's client has gone)."""
         from llmtwin.generation.answer import generate_answer
         from llmtwin.generation.prompt import build_messages, select_context
         from llmtwin.retrieval.pipeline import first_stage_score
@@ -243,7 +245,7 @@ class Twin:
         if any(v is not None for v in overrides.values()):
             llm_cfg = llm_cfg.model_copy(update={k: v for k, v in overrides.items() if v is not None})
         generated = generate_answer(
-            question, messages, context, llm, llm_cfg, gen, self.embedder.embed_passages, on_text
+            question, messages, context, llm, llm_cfg, gen, self.embedder.embed_passages, on_text, cancelled
         )
         timings = {f"search.{k}": v for k, v in result.timings.items()}
         timings.update({"search": search_s, "llm_load": load_s})

@@ -118,6 +118,19 @@ def _insert_marker(sentence: str, n: int) -> str:
     return f"{stripped} [{n}]{tail}"
 
 
+def _until(pieces: Iterator[str], cancelled: Callable[[], bool]) -> Iterator[str]:
+    """The pieces until `cancelled()` turns true; then the LLM stream is closed (freeing the model)."""
+    try:
+        for piece in pieces:
+            if cancelled():
+                return
+            yield piece
+    finally:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()
+
+
 def _sentences(pieces: Iterator[str]) -> Iterator[str]:
     """Regroup streamed pieces into sentences (each with its trailing whitespace)."""
     buffer = ""
@@ -179,6 +192,7 @@ def generate_answer(
     gen_cfg: GenerationConfig,
     embed: Callable[[list[str]], np.ndarray],
     on_text: Callable[[str], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> Generated:
     def emit(text: str) -> None:
         if on_text and text:
@@ -195,6 +209,8 @@ def generate_answer(
         repetition_penalty=llm_cfg.repetition_penalty,
         stop=["\nQuestion:", "\nSources:", "<|im_end|>"],
     )
+    if cancelled is not None:
+        pieces = _until(pieces, cancelled)
     out = []
     for raw in _sentences(pieces):
         text = checker.sentence(raw)

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import re
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -82,6 +83,9 @@ class SentenceTransformerEmbedder:
         except (OSError, ValueError) as e:
             raise TwinError(f"cannot load a sentence-transformers model from {self.model_dir}: {e}") from e
         self.model.eval()
+        # One encode at a time: a fast tokenizer shared by threads fails with "Already borrowed"
+        # (it is re-configured on every call), e.g. a server embedding queries during an ingest.
+        self._lock = threading.Lock()
         self.dim = int(self.model.get_embedding_dimension())
         self.max_tokens = int(self.model.max_seq_length or 512)
         self.tokenizer = self.model.tokenizer
@@ -102,13 +106,14 @@ class SentenceTransformerEmbedder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
-        vectors = self.model.encode(
-            [texts[i] for i in order],
-            batch_size=self.batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
+        with self._lock:
+            vectors = self.model.encode(
+                [texts[i] for i in order],
+                batch_size=self.batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         out[order] = vectors
         return out
@@ -122,7 +127,8 @@ class SentenceTransformerEmbedder:
     def count_tokens(self, texts: list[str]) -> list[int]:
         if not texts:
             return []
-        enc = self.tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)
+        with self._lock:
+            enc = self.tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)
         return [len(ids) for ids in enc["input_ids"]]
 
 

@@ -1,0 +1,292 @@
+"""Load benchmark of `twin serve` on loopback: concurrent /v1/search, concurrent streaming chats,
+both at once, and the time to first streamed token of a lone chat.
+
+    .venv/bin/python bench/serve_load.py --project /tmp/llmtwin-serve-bench --build
+    .venv/bin/python bench/serve_load.py --project DIR [--clients 20 --searches 500 --chats 20]
+
+`--build` makes the benchmark project once: the xsum articles and disfl_qa passages from
+../shared/data (evaluation data: read to measure, never copied into the repository) ingested
+with 64-token chunks, which gives over 10,000 chunks. The server runs as its own process
+(`twin serve`, API keys on, 127.0.0.1, a free port); this process is only the clients. Every
+loop is bounded in count and time. Results: bench/results/serve_load.json and a markdown table
+on stdout (copied into docs/BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "shared" / "data"
+TWIN = str(Path(sys.executable).parent / "twin")
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+DEADLINE_S = 900  # the whole run stops by then, whatever happens
+
+
+def build(project: Path) -> None:
+    corpus = project / "corpus"
+    corpus.mkdir(parents=True, exist_ok=True)
+    with open(corpus / "xsum.jsonl", "w", encoding="utf-8") as out:
+        for line in open(DATA / "xsum.jsonl", encoding="utf-8"):
+            r = json.loads(line)
+            out.write(json.dumps({"id": r["id"], "text": r["document"]}) + "\n")
+    with open(corpus / "disfl.jsonl", "w", encoding="utf-8") as out:
+        for line in open(DATA / "disfl_qa_corpus.jsonl", encoding="utf-8"):
+            r = json.loads(line)
+            out.write(json.dumps({"id": r["id"], "text": r["text"]}) + "\n")
+    subprocess.run([TWIN, "init", str(project)], check=True, env=ENV)
+    t = time.perf_counter()
+    subprocess.run([TWIN, "--project", str(project), "ingest", str(corpus), "--chunk-tokens", "64",
+                    "--chunk-overlap", "8"], check=True, env=ENV)
+    print(f"built {project} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+
+
+def queries(n: int) -> list[str]:
+    out = []
+    for line in open(DATA / "disfl_qa_queries.jsonl", encoding="utf-8"):
+        out.append(json.loads(line)["question"])
+        if len(out) == n:
+            break
+    return out
+
+
+class Server:
+    def __init__(self, project: Path, chat_tokens: int, queue_size: int):
+        from llmtwin.serve.keys import KeyStore
+
+        self.keys = KeyStore(project / ".twin" / "keys.json")
+        record, self.key = self.keys.create("bench")
+        self.key_id = record.id
+        self.proc = subprocess.Popen(
+            [TWIN, "--project", str(project), "--set", f"llm.max_new_tokens={chat_tokens}",
+             "--set", f"serve.queue_size={queue_size}", "serve", "--port", "0"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+        )
+        deadline = time.time() + 300
+        self.url = None
+        lines = []
+        while time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if m := re.search(r"ready on (http://127\.0\.0\.1:\d+)/", line):
+                self.url = m.group(1)
+                break
+        if self.url is None:
+            self.stop()
+            raise SystemExit("twin serve did not start:\n" + "".join(lines))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.keys.revoke(self.key_id)
+
+
+def summary(latencies: list[float], wall: float, statuses: list, name: str) -> dict:
+    ok = [s for s in statuses if s == 200]
+    lat = sorted(latencies)
+
+    def pct(p: float) -> float:
+        return round(1000 * lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))], 1) if lat else float("nan")
+
+    return {
+        "name": name,
+        "requests": len(statuses),
+        "ok": len(ok),
+        "errors": len(statuses) - len(ok),
+        "5xx": sum(1 for s in statuses if isinstance(s, int) and s >= 500),
+        "lost": sum(1 for s in statuses if not isinstance(s, int)),
+        "p50_ms": pct(50),
+        "p95_ms": pct(95),
+        "p99_ms": pct(99),
+        "max_ms": round(1000 * lat[-1], 1) if lat else None,
+        "wall_s": round(wall, 2),
+        "throughput_rps": round(len(ok) / wall, 1) if wall else None,
+    }
+
+
+async def search_load(client: httpx.AsyncClient, qs: list[str], clients: int) -> tuple[list[float], list]:
+    todo = list(enumerate(qs))
+    latencies: list[float] = []
+    statuses: list = []
+
+    async def worker():
+        while todo:
+            _, q = todo.pop()
+            t = time.perf_counter()
+            try:
+                resp = await client.post("/v1/search", json={"query": q, "k": 10})
+                statuses.append(resp.status_code)
+            except httpx.HTTPError as e:
+                statuses.append(type(e).__name__)
+            latencies.append(time.perf_counter() - t)
+
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    return latencies, statuses
+
+
+async def one_chat(client: httpx.AsyncClient, question: str, tokens: int, model: str = "twin-rag") -> dict:
+    body = {"model": model, "stream": True, "max_tokens": tokens,
+            "messages": [{"role": "user", "content": question}]}
+    t = time.perf_counter()
+    first = None
+    final = None
+    done = False
+    try:
+        async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+            if resp.status_code != 200:
+                await resp.aread()
+                return {"status": resp.status_code, "total": time.perf_counter() - t}
+            async for line in resp.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = line[6:]
+                if data == "[DONE]":
+                    done = True
+                    break
+                event = json.loads(data)
+                if "error" in event:
+                    return {"status": "stream-error", "total": time.perf_counter() - t}
+                choice = event["choices"][0] if event.get("choices") else None
+                if choice and choice["delta"].get("content") and first is None:
+                    first = time.perf_counter() - t
+                if choice and choice.get("finish_reason"):
+                    final = event
+    except httpx.HTTPError as e:
+        return {"status": type(e).__name__, "total": time.perf_counter() - t}
+    timings = (final or {}).get("timings", {})
+    return {
+        "status": 200 if done else "no-DONE",
+        "ttft": first if first is not None else time.perf_counter() - t,
+        "total": time.perf_counter() - t,
+        "search": timings.get("search"),
+        "server_total": timings.get("total"),
+    }
+
+
+async def chat_load(client: httpx.AsyncClient, qs: list[str], tokens: int) -> list[dict]:
+    return await asyncio.gather(*(one_chat(client, q, tokens) for q in qs))
+
+
+def chat_summary(results: list[dict], wall: float, name: str) -> dict:
+    s = summary([r["total"] for r in results], wall, [r["status"] for r in results], name)
+    ttft = sorted(r["ttft"] for r in results if "ttft" in r)
+    if ttft:
+        s["ttft_p50_ms"] = round(1000 * statistics.median(ttft), 1)
+        s["ttft_p95_ms"] = round(1000 * ttft[min(len(ttft) - 1, int(round(0.95 * (len(ttft) - 1))))], 1)
+        s["ttft_max_ms"] = round(1000 * ttft[-1], 1)
+    return s
+
+
+async def run(args) -> dict:
+    server = Server(args.project, args.chat_tokens, queue_size=max(32, args.chats))
+    started = time.time()
+    try:
+        headers = {"Authorization": f"Bearer {server.key}"}
+        limits = httpx.Limits(max_connections=args.clients + args.chats + 4, max_keepalive_connections=args.clients + args.chats + 4)
+        async with httpx.AsyncClient(base_url=server.url, headers=headers, limits=limits, timeout=120) as client:
+            status = (await client.get("/v1/status")).json()
+            qs = queries(args.searches + args.chats + 40)
+            search_qs, chat_qs, warm_qs = qs[: args.searches], qs[args.searches: args.searches + args.chats], qs[-40:]
+            await search_load(client, warm_qs[:20], 4)  # warm-up, not counted
+            out = {"chunks": status["chunks"], "documents": status["documents"], "cores": os.cpu_count(),
+                   "clients": args.clients, "searches": args.searches, "chats": args.chats,
+                   "chat_max_tokens": args.chat_tokens, "date": time.strftime("%Y-%m-%d %H:%M"),
+                   "loadavg_1m_before": round(os.getloadavg()[0], 2), "phases": []}
+
+            for clients in sorted({1, 4, args.clients}):
+                n = len(search_qs) if clients == args.clients else min(200, len(search_qs))
+                t = time.perf_counter()
+                lat, st = await search_load(client, search_qs[:n], clients)
+                out["phases"].append(summary(lat, time.perf_counter() - t, st, f"search, {clients} client(s)"))
+
+            # a lone chat, several times: time to first token against its retrieval time
+            lone = []
+            for q in warm_qs[20:20 + args.lone]:
+                lone.append(await one_chat(client, q, args.chat_tokens))
+            s = chat_summary(lone, sum(r["total"] for r in lone), "lone streaming chat (sequential)")
+            gaps = [r["ttft"] - r["search"] for r in lone if r.get("search") is not None and "ttft" in r]
+            s["retrieval_p50_ms"] = round(1000 * statistics.median(r["search"] for r in lone if r.get("search") is not None), 1)
+            s["ttft_minus_retrieval_max_ms"] = round(1000 * max(gaps), 1) if gaps else None
+            out["phases"].append(s)
+            models = (await client.get("/v1/models")).json()["data"]
+            llm_id = next(m["id"] for m in models if m["kind"] == "llm")
+            plain = [await one_chat(client, q, args.chat_tokens, llm_id) for q in warm_qs[20:20 + args.lone]]
+            out["phases"].append(chat_summary(plain, sum(r["total"] for r in plain),
+                                              f"lone streaming chat, {llm_id} without retrieval"))
+
+            t = time.perf_counter()
+            chats = await chat_load(client, chat_qs, args.chat_tokens)
+            out["phases"].append(chat_summary(chats, time.perf_counter() - t, f"{args.chats} concurrent streaming chats"))
+
+            if time.time() - started < DEADLINE_S - 300:
+                async def timed(coro):
+                    t = time.perf_counter()
+                    result = await coro
+                    return result, time.perf_counter() - t
+
+                (chats, chat_wall), ((lat, st), search_wall) = await asyncio.gather(
+                    timed(chat_load(client, chat_qs, args.chat_tokens)),
+                    timed(search_load(client, search_qs, args.clients)),
+                )
+                out["phases"].append(chat_summary(chats, chat_wall, f"mixed: {args.chats} streaming chats"))
+                out["phases"].append(summary(lat, search_wall, st, f"mixed: search, {args.clients} clients"))
+            out["health"] = (await client.get("/healthz")).json()
+            out["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
+            return out
+    finally:
+        server.stop()
+
+
+def markdown(result: dict) -> str:
+    rows = ["| phase | requests | errors | 5xx | lost | p50 ms | p95 ms | max ms | req/s | TTFT p50 / p95 ms |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for p in result["phases"]:
+        ttft = f"{p['ttft_p50_ms']} / {p['ttft_p95_ms']}" if "ttft_p50_ms" in p else ""
+        rows.append(f"| {p['name']} | {p['requests']} | {p['errors']} | {p['5xx']} | {p['lost']} | {p['p50_ms']} | "
+                    f"{p['p95_ms']} | {p['max_ms']} | {p['throughput_rps']} | {ttft} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--project", type=Path, default=Path("/tmp/llmtwin-serve-bench"))
+    ap.add_argument("--build", action="store_true", help="make the benchmark project first (minutes)")
+    ap.add_argument("--clients", type=int, default=20)
+    ap.add_argument("--searches", type=int, default=500)
+    ap.add_argument("--chats", type=int, default=20)
+    ap.add_argument("--lone", type=int, default=5, help="sequential chats for time to first token")
+    ap.add_argument("--chat-tokens", type=int, default=32)
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "serve_load.json")
+    args = ap.parse_args()
+    if args.build:
+        build(args.project)
+    if not (args.project / "twin.yaml").exists():
+        raise SystemExit(f"{args.project}: no project; run with --build first")
+    result = asyncio.run(asyncio.wait_for(run(args), DEADLINE_S))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(markdown(result))
+    lone = next(p for p in result["phases"] if p["name"].startswith("lone streaming chat (sequential)"))
+    print(f"\n{result['chunks']} chunks, {result['cores']} cores, load average {result['loadavg_1m_before']} → "
+          f"{result['loadavg_1m_after']}; lone chat: retrieval p50 "
+          f"{lone['retrieval_p50_ms']} ms, TTFT − retrieval max {lone['ttft_minus_retrieval_max_ms']} ms")
+
+
+if __name__ == "__main__":
+    main()
