@@ -149,9 +149,20 @@ def search(
     filters: list[str] = typer.Option([], "--filter", help="KEY=VALUE: source (glob), file_type, doc_id or a metadata key."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
     explain: bool = typer.Option(False, "--explain", help="Show every stage's hits, scores and time."),
+    fetch_k: Optional[int] = typer.Option(None, "--fetch-k", help="retrieval.fetch_k: candidates for merge / MMR."),
+    merge: Optional[bool] = typer.Option(None, "--merge/--no-merge", help="retrieval.merge: auto-merge chunks into sections."),
+    rerank: Optional[bool] = typer.Option(None, "--rerank/--no-rerank", help="retrieval.rerank on/off (default auto: the trained reranker if any)."),
+    rerank_top_n: Optional[int] = typer.Option(None, "--rerank-top-n", help="retrieval.rerank_top_n"),
+    mmr: Optional[bool] = typer.Option(None, "--mmr/--no-mmr", help="retrieval.mmr: maximal marginal relevance."),
+    mmr_lambda: Optional[float] = typer.Option(None, "--mmr-lambda", help="retrieval.mmr_lambda (1 = relevance only)."),
+    window: Optional[int] = typer.Option(None, "--window", help="retrieval.window: sentences each side of the best sentence."),
+    compress: Optional[int] = typer.Option(None, "--compress", help="retrieval.compress_tokens: context budget (0 = off)."),
 ) -> None:
-    """Search the store (hybrid dense + BM25 by default)."""
-    twin = _twin({"retrieval.k": k, "retrieval.mode": mode})
+    """Search the store (hybrid dense + BM25 by default), then the configured post-retrieval stages."""
+    twin = _twin({
+        "retrieval.k": k, "retrieval.mode": mode,
+        **_stage_flags(fetch_k, merge, rerank, rerank_top_n, mmr, mmr_lambda, window, compress),
+    })
     result = twin.search_explain(query, filters=filters)
     if as_json:
         out = [h.to_dict(rank=i) for i, h in enumerate(result.hits, start=1)]
@@ -163,10 +174,12 @@ def search(
                 "stages": {n: hits_record(s[: len(result.hits) * 2]) for n, s in result.stages.items()},
                 "timings": result.timings,
                 "where": result.where,
+                "pipeline": result.pipeline,
             }
         print(json.dumps(out, indent=2, ensure_ascii=False))
         return
     if explain:
+        print("── pipeline: " + " → ".join(result.pipeline))
         for name, stage in result.stages.items():
             ms = result.timings.get(name, 0.0) * 1000
             print(f"── {name} ({len(stage)} hits, {ms:.1f} ms)")
@@ -183,6 +196,20 @@ def search(
         print(f"   {text[:240]}{'…' if len(text) > 240 else ''}")
 
 
+def _stage_flags(fetch_k, merge, rerank, rerank_top_n, mmr, mmr_lambda, window, compress) -> dict:
+    """Post-retrieval flags → retrieval.* overrides (None: keep twin.yaml's)."""
+    return {
+        "retrieval.fetch_k": fetch_k,
+        "retrieval.merge": merge,
+        "retrieval.rerank": None if rerank is None else ("on" if rerank else "off"),
+        "retrieval.rerank_top_n": rerank_top_n,
+        "retrieval.mmr": mmr,
+        "retrieval.mmr_lambda": mmr_lambda,
+        "retrieval.window": window,
+        "retrieval.compress_tokens": compress,
+    }
+
+
 @app.command()
 def ask(
     question: str = typer.Argument(..., help="Your question."),
@@ -191,9 +218,20 @@ def ask(
     filters: list[str] = typer.Option([], "--filter", help="KEY=VALUE, as for search."),
     max_new_tokens: Optional[int] = typer.Option(None, help="llm.max_new_tokens"),
     as_json: bool = typer.Option(False, "--json", help="Print the answer as JSON (no streaming)."),
+    fetch_k: Optional[int] = typer.Option(None, "--fetch-k", help="retrieval.fetch_k"),
+    merge: Optional[bool] = typer.Option(None, "--merge/--no-merge", help="retrieval.merge"),
+    rerank: Optional[bool] = typer.Option(None, "--rerank/--no-rerank", help="retrieval.rerank on/off"),
+    rerank_top_n: Optional[int] = typer.Option(None, "--rerank-top-n", help="retrieval.rerank_top_n"),
+    mmr: Optional[bool] = typer.Option(None, "--mmr/--no-mmr", help="retrieval.mmr"),
+    mmr_lambda: Optional[float] = typer.Option(None, "--mmr-lambda", help="retrieval.mmr_lambda"),
+    window: Optional[int] = typer.Option(None, "--window", help="retrieval.window"),
+    compress: Optional[int] = typer.Option(None, "--compress", help="retrieval.compress_tokens"),
 ) -> None:
     """Answer a question from the documents, citing sources as [n]."""
-    twin = _twin({"retrieval.k": k, "retrieval.mode": mode, "llm.max_new_tokens": max_new_tokens})
+    twin = _twin({
+        "retrieval.k": k, "retrieval.mode": mode, "llm.max_new_tokens": max_new_tokens,
+        **_stage_flags(fetch_k, merge, rerank, rerank_top_n, mmr, mmr_lambda, window, compress),
+    })
     _answer(twin, question, filters, as_json)
 
 
@@ -253,6 +291,211 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print as JSON."))
             f"  v{v['version']}  {v['time']}  +{v.get('added', 0)} ~{v.get('updated', 0)} "
             f"-{v.get('deleted', 0)}  {v.get('chunks_total', '?')} chunks"
         )
+
+
+eval_app = typer.Typer(help="Evaluate: retrieval metrics with CIs, HTML reports, paired comparison of runs.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("retrieval")
+def eval_retrieval(
+    dataset: Path = typer.Argument(..., help='JSONL: {"id", "question", "relevant": [doc ids] or {doc_id: grade}} (or "passage_id").'),
+    mode: Optional[str] = typer.Option(None, "--mode", help="retrieval.mode: hybrid, dense or bm25."),
+    ks: Optional[str] = typer.Option(None, "--ks", help="evaluation.ks, comma-separated, e.g. 1,5,10."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N questions."),
+    resamples: Optional[int] = typer.Option(None, "--resamples", help="evaluation.resamples (bootstrap)."),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="Name of the run (default: time-stamped)."),
+    as_json: bool = typer.Option(False, "--json", help="Print results.json."),
+) -> None:
+    """Search every question of DATASET and score the ranking (recall, precision, MRR, MAP, nDCG with CIs)."""
+    from llmtwin.errors import TwinError
+    from llmtwin.evaluation.runner import evaluate_retrieval
+
+    twin = _twin({"retrieval.mode": mode, "evaluation.resamples": resamples})
+    try:
+        k_list = tuple(int(k) for k in ks.split(",")) if ks else None
+    except ValueError:
+        k_list = (0,)
+    if k_list is not None and min(k_list) < 1:
+        raise TwinError(f"--ks {ks!r}: expected positive integers separated by commas, e.g. 1,5,10")
+    with _progress("Searching") as progress:
+        run = evaluate_retrieval(twin, dataset, ks=k_list, limit=limit, run_id=run_id, progress=progress)
+    s = run.summary
+    if as_json:
+        print(json.dumps(s, indent=2, ensure_ascii=False))
+        return
+    print(f"{s['evaluated']} questions evaluated ({s['no_relevant']} without relevant documents left out, "
+          f"{s['search_errors']} search errors, {s['dataset']['failed_lines']} unusable lines); mode {s['mode']}")
+    metrics, conf = s["metrics"], next(iter(s["metrics"].values()))["confidence"]
+    print(f"  {'':<10}" + "".join(f"{'@' + str(k):<24}" for k in s["ks"]) + f"(mean [{conf:.0%} CI])")
+    for fam in ("recall", "precision", "mrr", "ndcg"):
+        cells = (metrics[f"{fam}@{k}"] for k in s["ks"])
+        print(f"  {fam:<10}" + "".join(f"{m['value']:.4f} [{m['low']:.3f},{m['high']:.3f}]  " for m in cells))
+    print("  " + "  ".join(f"{n} {metrics[n]['value']:.4f} [{metrics[n]['low']:.3f},{metrics[n]['high']:.3f}]" for n in ("map", "mrr", "ndcg")))
+    t = s["timings"]
+    print(f"time: embed {t['embed_queries_s']:.1f}s, search {t['search_s']:.1f}s, metrics {t['metrics_s']:.2f}s, "
+          f"report {t.get('report_s', 0):.2f}s")
+    print(f"report: {run.dir / 'report.html'}")
+
+
+@eval_app.command("compare")
+def eval_compare(
+    run_a: str = typer.Argument(..., help="Run id (under .twin/reports/) or folder: the baseline."),
+    run_b: str = typer.Argument(..., help="Run id or folder: the candidate."),
+    method: str = typer.Option("bootstrap", "--method", help="bootstrap or permutation."),
+    resamples: int = typer.Option(10000, "--resamples", help="Resamples for the paired test."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Per-metric difference B − A on the questions both runs evaluated, with paired p-values."""
+    from llmtwin.errors import TwinError
+    from llmtwin.evaluation.runner import compare_runs, load_run, resolve_run
+    from llmtwin.project import find_project
+
+    if method not in ("bootstrap", "permutation"):
+        raise TwinError(f"--method {method!r}: expected bootstrap or permutation")
+    try:
+        reports = find_project(_state["project"]).state_dir / "reports"
+    except TwinError:
+        reports = None
+    a, b = (load_run(resolve_run(r, reports)) for r in (run_a, run_b))
+    result = compare_runs(a, b, method=method, resamples=resamples)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"A {result['a']}  →  B {result['b']}: {result['paired']} paired questions "
+          f"({result['only_a']} only in A, {result['only_b']} only in B); {method} test, {resamples} resamples")
+    print(f"  {'metric':<14} {'A':>8} {'B':>8} {'B−A':>8}  {'95% CI':<19} p")
+    for name, t in result["metrics"].items():
+        star = " *" if t["p_value"] < 0.05 else ""
+        p = f"<{1 / resamples:.0e}" if t["p_value"] < 1 / resamples else f"{t['p_value']:.4f}"
+        print(f"  {name:<14} {t['mean_a']:8.4f} {t['mean_b']:8.4f} {t['delta']:+8.4f}  "
+              f"[{t['low']:+.4f}, {t['high']:+.4f}] {p}{star}")
+
+
+
+@app.command()
+def serve(
+    host: Optional[str] = typer.Option(None, "--host", help="serve.host (default 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, "--port", help="serve.port (default 8000; 0 = any free port)."),
+    no_auth: bool = typer.Option(False, "--no-auth", help="Serve without API keys (loopback addresses only)."),
+    log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
+) -> None:
+    """Serve the OpenAI-compatible API (/v1) and the web UI (/) over HTTP."""
+    twin = _twin({"serve.host": host, "serve.port": port})
+    from llmtwin.serve.app import run
+
+    run(twin, no_auth=no_auth, log_level=log_level)
+
+
+keys_app = typer.Typer(help="API keys for `twin serve` (stored hashed in .twin/keys.json).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _keys():
+    from llmtwin.project import find_project
+    from llmtwin.serve.keys import KeyStore
+
+    return KeyStore(find_project(_state["project"]).state_dir / "keys.json")
+
+
+@keys_app.command("create")
+def keys_create(name: str = typer.Option("default", "--name", help="A label for the key.")) -> None:
+    """Create a key and print it (shown only this once)."""
+    record, secret = _keys().create(name)
+    print(secret)
+    _err(f"created key {record.id} ({record.name}); it is shown only now: store it safely")
+
+
+@keys_app.command("list")
+def keys_list(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """List keys (id, name, first characters, created, revoked)."""
+    records = _keys().list()
+    if as_json:
+        print(json.dumps([r.public() for r in records], indent=2))
+        return
+    if not records:
+        print("no API keys (create one with `twin keys create`)")
+    for r in records:
+        state = f"revoked {r.revoked}" if r.revoked else "active"
+        print(f"{r.id}  {r.name:<16} {r.hint:<12} created {r.created}  {state}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: str = typer.Argument(..., help="The key's id (or name).")) -> None:
+    """Revoke a key: a running server refuses it from the next request on."""
+    record = _keys().revoke(key)
+    print(f"revoked {record.id} ({record.name})")
+
+
+tune_app = typer.Typer(help="Train the project's own retrieval models on its chunks (no labels needed).", no_args_is_help=True)
+app.add_typer(tune_app, name="tune")
+
+
+class _stage_progress(_progress):
+    """One progress bar whose label follows the stage being run: (stage, done, total) callbacks."""
+
+    def __enter__(self):
+        update = super().__enter__()
+
+        def staged(stage: str, done: int, total: int) -> None:
+            self.bar.update(self.task, description=stage)
+            update(done, total)
+
+        return staged
+
+
+@tune_app.command("reranker")
+def tune_reranker(
+    queries: int = typer.Option(2000, "--queries", help="Sentence-as-query pairs made from the chunks (at most)."),
+    llm_questions: int = typer.Option(0, "--llm-questions", help="Also this many questions written by the configured LLM."),
+    negatives: int = typer.Option(3, "--negatives", help="Hard negatives per query, from the project's hybrid search."),
+    max_minutes: float = typer.Option(18.0, "--max-minutes", help="Stop training (and save) after this long."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="At most this many optimiser steps."),
+    as_json: bool = typer.Option(False, "--json", help="Print the model card as JSON."),
+) -> None:
+    """Fine-tune a cross-encoder reranker (from the packaged MiniLM) on pseudo-queries from your chunks.
+
+    Saved as .twin/models/reranker/vN; `retrieval.rerank: auto` (the default) uses the latest version.
+    """
+    from llmtwin.training.reranker import RerankerTuning, tune_reranker as run
+
+    twin = _twin()
+    opts = RerankerTuning(queries=queries, llm_questions=llm_questions, negatives=negatives,
+                          max_minutes=max_minutes, max_steps=steps, seed=twin.config.seed)
+    with _stage_progress("Tuning") as progress:
+        card = run(twin, opts, progress)
+    if as_json:
+        print(json.dumps(card, indent=2))
+        return
+    tr, chk = card["training"], card["check"]
+    print(f"reranker {card['version']}: {card['data']['train_queries']} queries {card['data']['queries']}, "
+          f"{tr['steps']} steps in {card['seconds']['train']:.0f}s (total {card['seconds']['total']:.0f}s); "
+          f"held-out top-1 {chk['before']['top1']:.2f} → {chk['after']['top1']:.2f} (hybrid {chk['hybrid_top1']:.2f})")
+    print(f"  {card['path']}")
+
+
+@tune_app.command("adapter")
+def tune_adapter(
+    queries: int = typer.Option(4000, "--queries", help="Sentence-as-query pairs made from the chunks (at most)."),
+    epochs: int = typer.Option(30, "--epochs", help="Passes over the pairs (the best on held-out pairs is kept)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the card as JSON."),
+) -> None:
+    """Train a linear adapter on query embeddings from pseudo-queries of your chunks.
+
+    Saved as .twin/models/adapter/vN; `retrieval.adapter: auto` uses it if it beat no adapter on held-out pairs.
+    """
+    from llmtwin.training.adapter import AdapterTuning, tune_adapter as run
+
+    twin = _twin()
+    with _stage_progress("Tuning") as progress:
+        card = run(twin, AdapterTuning(queries=queries, epochs=epochs, seed=twin.config.seed), progress)
+    if as_json:
+        print(json.dumps(card, indent=2))
+        return
+    chk = card["check"]
+    print(f"adapter {card['version']}: held-out MRR@10 {chk['held_out_mrr10_identity']:.4f} (none) → "
+          f"{chk['held_out_mrr10_adapter']:.4f}; {'used' if card['use'] else 'NOT used (no gain)'} by adapter: auto")
+    print(f"  {card['path']}")
 
 
 def main() -> None:

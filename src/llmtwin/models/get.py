@@ -142,3 +142,24 @@ def _build_embedder(cfg: EmbedderConfig) -> Embedder:
 def get_embedder(cfg: EmbedderConfig) -> Embedder:
     """The configured embedder, loaded on first use and shared by the process."""
     return _cached(("embedder", cfg.model_dump_json()), lambda: _build_embedder(cfg))
+
+
+def get_reranker(path: str | Path, name: str | None = None):
+    """A cross-encoder reranker from a local dir, loaded on first use and shared by the process."""
+    from llmtwin.models.reranker import CrossEncoderReranker
+
+    path = Path(path).expanduser().resolve()
+    if not path.is_dir():
+        raise TwinError(f"reranker {str(path)!r} is not a directory")
+    stat = path.stat()
+    key = ("reranker", str(path), stat.st_mtime_ns)  # a re-published path loads again
+    return _cached(key, lambda: CrossEncoderReranker(path, name=name or path.name))
+
+
+def get_adapter(path: str | Path, name: str | None = None):
+    """A query-embedding adapter (retrieval/adapter.py) from a version dir, loaded once."""
+    from llmtwin.retrieval.adapter import QueryAdapter
+
+    path = Path(path).expanduser().resolve()
+    key = ("adapter", str(path), path.stat().st_mtime_ns)
+    return _cached(key, lambda: QueryAdapter(path, name=name or path.name))

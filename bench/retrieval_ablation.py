@@ -1,0 +1,124 @@
+"""Ablation of the advanced-retrieval stages on disfl_qa (../shared/data): each technique alone on
+top of hybrid, then combinations. nDCG@10, R@1, R@5, MRR@10 of the gold passage, p50/p95 latency of
+the whole search path per query (query embedding included, one query at a time).
+
+    .venv/bin/python bench/retrieval_ablation.py [--project DIR] [--queries 1000] [--configs a,b,...]
+
+Evaluation only: the questions are read from ../shared/data and never trained on; `twin tune`
+reads the project's chunks only. The project is ingested from disfl_qa_corpus.jsonl if it has no
+store yet. Results are merged into --out per configuration (re-run one config without the others).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # busy machine: spinning OpenMP threads cost 20x (BENCHMARKS.md)
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"
+
+OFF = {"rerank": "off", "adapter": "off"}
+CONFIGS: dict[str, dict] = {  # retrieval.* overrides, each on top of plain hybrid
+    "hybrid": {**OFF},
+    "bm25": {**OFF, "mode": "bm25"},
+    "dense": {**OFF, "mode": "dense"},
+    "merge": {**OFF, "merge": True},
+    "mmr": {**OFF, "mmr": True},
+    "adapter": {"rerank": "off", "adapter": "auto"},
+    "dense_adapter": {"rerank": "off", "adapter": "auto", "mode": "dense"},
+    "rerank": {"rerank": "on", "adapter": "off"},
+    "rerank_top10": {"rerank": "on", "adapter": "off", "rerank_top_n": 10},
+    "merge+rerank": {"rerank": "on", "adapter": "off", "merge": True},
+    "adapter+rerank": {"rerank": "on", "adapter": "auto"},
+}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--project", type=Path, default=ROOT / "bench" / "results" / "ablation")
+    parser.add_argument("--queries", type=int, default=1000, help="a fixed random sample (seed 0); 8000 = all")
+    parser.add_argument("--configs", default="hybrid,merge,mmr,rerank")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "retrieval_ablation.json")
+    args = parser.parse_args()
+
+    from llmtwin import Twin
+    from llmtwin.errors import TwinError
+    from llmtwin.evaluation.retrieval import dedupe, mrr_at_k, ndcg_at_k, recall_at_k
+
+    queries = [json.loads(line) for line in (DATA / "disfl_qa_queries.jsonl").open()]
+    if args.queries < len(queries):
+        queries = random.Random(0).sample(queries, args.queries)
+    twin = Twin(args.project)
+    if not (twin.project.store_dir / "meta.json").exists():
+        twin.ingest([DATA / "disfl_qa_corpus.jsonl"])
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    twin.search("warm up", retrieval={"rerank": "auto"})
+
+    for name in args.configs.split(","):
+        overrides = dict(CONFIGS[name])
+        mode = overrides.pop("mode", None)
+        rows: dict[str, list[float]] = {"R@1": [], "R@5": [], "MRR@10": [], "nDCG@10": []}
+        latency: list[float] = []
+        stages: dict[str, list[float]] = {}
+        pipeline = None
+        for i, q in enumerate(queries):
+            t = time.perf_counter()
+            try:
+                result = twin.search_explain(q["question"], k=10, mode=mode, retrieval=overrides)
+                hits, pipeline = result.hits, result.pipeline
+                for stage, seconds in result.timings.items():
+                    stages.setdefault(stage, []).append(seconds)
+            except TwinError:  # one question of the set is empty: a miss
+                hits = []
+            latency.append(time.perf_counter() - t)
+            ranked = dedupe([h.chunk.doc_id for h in hits])[:10]
+            qrels = {q["passage_id"]: 1}
+            rows["R@1"].append(recall_at_k(ranked, qrels, 1))
+            rows["R@5"].append(recall_at_k(ranked, qrels, 5))
+            rows["MRR@10"].append(mrr_at_k(ranked, qrels, 10))
+            rows["nDCG@10"].append(ndcg_at_k(ranked, qrels, 10))
+            if (i + 1) % 200 == 0:
+                print(f"  {name}: {i + 1}/{len(queries)} nDCG@10 so far {statistics.fmean(rows['nDCG@10']):.4f}",
+                      file=sys.stderr, flush=True)
+        results[name] = {
+            "overrides": CONFIGS[name],
+            "pipeline": pipeline,
+            "queries": len(queries),
+            **{m: round(statistics.fmean(v), 4) for m, v in rows.items()},
+            "p50_ms": round(percentile(latency, 0.5) * 1000, 1),
+            "p95_ms": round(percentile(latency, 0.95) * 1000, 1),
+            "stage_p50_ms": {s: round(percentile(v, 0.5) * 1000, 1) for s, v in stages.items()},
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "load_avg_1m": round(os.getloadavg()[0], 2),
+        }
+        print(name, json.dumps(results[name]), flush=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))
+    print_table(results)
+
+
+def print_table(results: dict) -> None:
+    print("\n| config | queries | nDCG@10 | R@1 | R@5 | MRR@10 | p50 ms | p95 ms |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        print(f"| {name} | {r['queries']} | {r['nDCG@10']:.4f} | {r['R@1']:.4f} | {r['R@5']:.4f} | "
+              f"{r['MRR@10']:.4f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

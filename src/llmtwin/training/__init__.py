@@ -1,0 +1,1 @@
+"""Training recipes: one file per method (retrieval models here: the reranker and the query adapter)."""
