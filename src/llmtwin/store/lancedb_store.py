@@ -262,8 +262,10 @@ class LanceStore:
         if has_fts:
             self.chunks.optimize()
         else:
-            self.chunks.create_fts_index(
-                "text", replace=True, stem=True, remove_stop_words=True, ascii_folding=True
+            from lancedb.index import FTS
+
+            self.chunks.create_index(
+                "text", config=FTS(stem=True, remove_stop_words=True, ascii_folding=True)
             )
         self.sections.optimize()
         self.docs.optimize()
