@@ -82,9 +82,12 @@ def test_tune_reranker_saves_a_version_used_by_search(twin, twin_cli):
     assert card["data"]["train_queries"] + card["data"]["held_out_queries"] == sum(card["data"]["queries"].values())
     assert card["seconds"]["train"] > 0 and card["training"]["pairs_seen"] == 2 * 4 * 3
 
+    assert set(card["check"]) >= {"before", "after", "hybrid"} and isinstance(card["use"], bool)
+    auto = twin.search_explain(QUERIES[0], k=5)  # rerank: auto takes it only if it beat hybrid on its check
+    assert ("rerank" in auto.stages) == card["use"]
     after = {}
-    for q in QUERIES:  # rerank: auto picks the trained version up
-        result = twin.search_explain(q, k=5)
+    for q in QUERIES:  # rerank: on takes the latest version whatever its check said
+        result = twin.search_explain(q, k=5, retrieval={"rerank": "on"})
         assert result.pipeline == ["hybrid(fetch 20)", "rerank(reranker-v1, top 20)", "top 5"]
         assert all("rerank" in h.scores and h.score == h.scores["rerank"] for h in result.hits)
         after[q] = [h.chunk.chunk_id for h in result.hits]

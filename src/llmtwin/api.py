@@ -171,7 +171,8 @@ class Twin:
             raise TwinError(f"retrieval.{'.'.join(map(str, err['loc']))}: {err['msg']}") from e
 
     def reranker(self, cfg=None):
-        """The cross-encoder the config asks for: reranker_path, else the project's latest trained one."""
+        """The cross-encoder the config asks for: reranker_path, else the project's latest trained one
+        (`auto`: the latest whose held-out check beat hybrid order; `on`: the latest)."""
         from llmtwin.models.get import get_reranker
         from llmtwin.models.versions import latest
 
@@ -182,7 +183,7 @@ class Twin:
             path = Path(cfg.reranker_path).expanduser()
             path = path if path.is_absolute() else self.project.root / path
             return get_reranker(path)
-        path = latest(self.project.state_dir, "reranker")
+        path = latest(self.project.state_dir, "reranker", usable=cfg.rerank == "auto")
         if path is None:
             if cfg.rerank == "on":
                 raise TwinError(
@@ -193,15 +194,15 @@ class Twin:
         return get_reranker(path, f"reranker-{path.name}")
 
     def adapter(self, cfg=None):
-        """The project's latest query adapter, if adapter=auto and its training validated it."""
+        """The project's latest query adapter whose training check beat no adapter (adapter=auto)."""
         from llmtwin.models.get import get_adapter
-        from llmtwin.models.versions import latest, read_card
+        from llmtwin.models.versions import latest
 
         cfg = cfg or self.config.retrieval
         if cfg.adapter == "off":
             return None
-        path = latest(self.project.state_dir, "adapter")
-        if path is None or not read_card(path).get("use", False):
+        path = latest(self.project.state_dir, "adapter", usable=True)
+        if path is None:
             return None
         return get_adapter(path, f"adapter-{path.name}")
 

@@ -470,7 +470,8 @@ def tune_reranker(
     tr, chk = card["training"], card["check"]
     print(f"reranker {card['version']}: {card['data']['train_queries']} queries {card['data']['queries']}, "
           f"{tr['steps']} steps in {card['seconds']['train']:.0f}s (total {card['seconds']['total']:.0f}s); "
-          f"held-out top-1 {chk['before']['top1']:.2f} → {chk['after']['top1']:.2f} (hybrid {chk['hybrid_top1']:.2f})")
+          f"held-out MRR {chk['before']['mrr']:.3f} → {chk['after']['mrr']:.3f} (hybrid order {chk['hybrid']['mrr']:.3f}); "
+          f"{'used' if card['use'] else 'NOT used'} by rerank: auto")
     print(f"  {card['path']}")
 
 

@@ -34,9 +34,13 @@ def versions(state_dir: Path, kind: str) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest(state_dir: Path, kind: str) -> Path | None:
+def latest(state_dir: Path, kind: str, *, usable: bool = False) -> Path | None:
+    """The newest complete version; with `usable`, None if its card says `use: false` (its training's
+    held-out check did not beat the baseline: an older version is not used instead either)."""
     found = versions(state_dir, kind)
-    return found[-1] if found else None
+    if not found or (usable and not read_card(found[-1]).get("use", True)):
+        return None
+    return found[-1]
 
 
 def read_card(version_dir: Path) -> dict[str, Any]:

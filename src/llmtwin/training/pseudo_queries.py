@@ -42,6 +42,7 @@ class PseudoQuery:
     kind: str  # ict, span, cloze or llm
     negatives: list[str] = field(default_factory=list)  # texts of hard negatives, hardest first
     negative_ids: list[str] = field(default_factory=list)
+    negative_ranks: list[int] = field(default_factory=list)  # their hybrid ranks (1-based)
     hybrid_rank: int | None = None  # where hybrid search put the source chunk (1-based; None: not in the top)
     source: str = ""  # the chunk's full text
     span: tuple[int, int] | None = None  # the sentence the query came from, in `source`
@@ -191,6 +192,7 @@ def add_hard_negatives(
             chosen = sorted(rng.sample(range(len(others)), n_negatives))
             q.negatives = [others[i].chunk.text for i in chosen]
             q.negative_ids = [others[i].chunk.chunk_id for i in chosen]
+            q.negative_ranks = [ids.index(others[i].chunk.chunk_id) + 1 for i in chosen]
             kept.append(q)
         if progress:
             progress(min(start + batch, len(queries)), len(queries))

@@ -7,10 +7,12 @@ Recipe:
    BERT encoder; the one-logit classification head is new);
 3. a listwise loss per query: softmax cross-entropy over [positive, negatives...] (the "localised
    contrastive estimation" of Gao et al. 2021), AdamW, linear warm-up and decay, a time limit;
-4. a held-out tenth of the pseudo-queries (never trained on) checks the model against hybrid order;
+4. a held-out tenth of the pseudo-queries (never trained on) checks the model against hybrid order
+   (the positive among its hard negatives: MRR); the card's `use` says whether it won;
 5. saved as .twin/models/reranker/vN with card.json (data counts, steps, seconds, losses, check).
 
-`retrieval.rerank: auto` uses the latest version from then on.
+`retrieval.rerank: auto` uses the latest version whose check beat hybrid order (card `use: true`);
+`rerank: on` uses the latest version regardless.
 """
 
 from __future__ import annotations
@@ -147,7 +149,10 @@ def tune_reranker(twin: Twin, opts: RerankerTuning | None = None, progress: Prog
             break
     train_s = time.perf_counter() - t
     net.eval()
-    after = _check(held, lambda q, texts: _scores(net, tokenizer, q, texts, opts.max_length), torch)
+    check_length = max(opts.max_length, 256)  # as the reranker reads at query time
+    after = _check(held, lambda q, texts: _scores(net, tokenizer, q, texts, check_length), torch)
+    hybrid = _hybrid_check(held)
+    use = after["mrr"] > hybrid["mrr"]
 
     tmp = new_version(twin.project.state_dir, "reranker")
     with quiet_transformers():
@@ -184,8 +189,10 @@ def tune_reranker(twin: Twin, opts: RerankerTuning | None = None, progress: Prog
             "loss_last_tenth": round(sum(last) / len(last), 4) if losses else None,
             "seed": opts.seed,
         },
-        "check": {"held_out": len(held), "before": before, "after": after,
-                  "hybrid_top1": round(sum(1 for q in held if q.hybrid_rank == 1) / len(held), 4)},
+        "use": bool(use),
+        "check": {"held_out": len(held), "before": before, "after": after, "hybrid": hybrid,
+                  "what": "the positive among itself and its hard negatives, on held-out pseudo-queries; "
+                          "`use` (rerank: auto) only if the reranker's MRR beats hybrid order's"},
         "seconds": {"data": round(data_s, 1), "train": round(train_s, 1),
                     "total": round(time.perf_counter() - started, 1)},
         "options": {k: v for k, v in vars(opts).items()},
@@ -210,6 +217,18 @@ def _scores(net, tokenizer, query: str, texts: list[str], max_length: int):
         enc = tokenizer([query] * len(texts), texts, truncation="longest_first", max_length=max_length,
                         padding=True, return_tensors="pt")
         return net(**enc).logits.view(-1).tolist()
+
+
+def _hybrid_check(held: list[PseudoQuery]) -> dict[str, float]:
+    """The same check for hybrid order (a source chunk outside hybrid's top 20 ranks last)."""
+    top1, rr = 0.0, 0.0
+    for q in held:
+        own = q.hybrid_rank or 10**6
+        rank = 1 + sum(1 for r in q.negative_ranks if r < own)
+        top1 += rank == 1
+        rr += 1.0 / rank
+    n = max(1, len(held))
+    return {"top1": round(top1 / n, 4), "mrr": round(rr / n, 4)}
 
 
 def _check(held: list[PseudoQuery], score, torch) -> dict[str, float]:
