@@ -183,3 +183,11 @@ def _run_twin(*args, cwd=None, timeout: float = 300, check: bool = False):
 def twin_cli():
     """A function running the `twin` console script as a subprocess: twin_cli(*args, cwd=..., check=...)."""
     return _run_twin
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """The packaged SmolLM2 as a float32 Hugging Face dir (dequantised once, cached): a training base."""
+    from llmtwin.training.base_model import base_model_dir
+
+    return base_model_dir("packaged")
