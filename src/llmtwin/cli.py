@@ -499,6 +499,10 @@ def tune_adapter(
     print(f"  {card['path']}")
 
 
+# ---- command groups from llmtwin.commands (one line each; keep module tops free of heavy imports)
+# (helpers: add your `app.add_typer(...)` / `register(...)` line here)
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
