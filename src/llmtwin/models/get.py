@@ -75,6 +75,10 @@ def _build_llm(cfg: LLMConfig, seed: int) -> LLM:
     set_offline()
     if cfg.provider == "packaged":
         return _gguf_llm(smollm2_gguf(), cfg, seed, PACKAGED_LLM_NAME)
+    if cfg.provider == "registry":
+        from llmtwin.registry.load import registry_llm
+
+        return registry_llm(cfg, seed)
 
     # provider == "hf": a local Hugging Face dir, or a .gguf file
     if not cfg.path:

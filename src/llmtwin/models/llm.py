@@ -198,7 +198,10 @@ class TransformersLLM(_Base):
         threads: int | None = None,
         seed: int = 0,
         name: str,
+        loaded: tuple | None = None,
     ):
+        """`loaded`: an already built (model, tokenizer) to run instead of loading `model_dir`
+        (e.g. a PEFT prompt-tuning model, which has no plain HF dir); `model_dir` then only names it."""
         from llmtwin.models.packaged import quiet_transformers, set_offline
 
         set_offline()
@@ -210,12 +213,15 @@ class TransformersLLM(_Base):
         self.context_window = context_window
         self.seed = seed
         _set_torch_threads(threads)
-        try:
-            with quiet_transformers():
-                self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-                self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
-        except (OSError, ValueError) as e:
-            raise TwinError(f"cannot load a Hugging Face model from {self.model_dir}: {e}") from e
+        if loaded is not None:
+            self.model, self.tokenizer = loaded
+        else:
+            try:
+                with quiet_transformers():
+                    self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+                    self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
+            except (OSError, ValueError) as e:
+                raise TwinError(f"cannot load a Hugging Face model from {self.model_dir}: {e}") from e
         self.model.eval()
         if self.tokenizer.chat_template is None:
             raise TwinError(f"{self.model_dir}: the tokenizer has no chat template (an instruct model is needed)")

@@ -1,8 +1,9 @@
 """The FastAPI app built from a Twin: OpenAI-compatible endpoints, llmtwin's own, and the web UI.
 
     POST /v1/chat/completions   chat (stream or not); model `twin-rag` (serve.rag_model) or
-                                `rag: true` answers from the documents with `citations`/`sources`
-    GET  /v1/models             the RAG model, the configured LLM and the embedder
+                                `rag: true` answers from the documents with `citations`/`sources`;
+                                a registered model (`NAME@ALIAS`, `NAME`) answers without retrieval
+    GET  /v1/models             the RAG model, the configured LLM, the embedder and registered models
     POST /v1/embeddings         vectors from the project's embedder
     POST /v1/search             hybrid / dense / BM25 search with filters
     POST /v1/ingest             upload files (multipart); ingested by a background job
@@ -117,7 +118,36 @@ class Server:
              "kind": "llm", "description": "the configured LLM, without retrieval"},
             {"id": self.embedder.name, "object": "model", "created": self.started, "owned_by": owned,
              "kind": "embedding", "dimensions": self.embedder.dim},
+        ] + self.registered_models()
+
+    def registered_models(self) -> list[dict]:
+        """Registered models (`NAME@ALIAS`, `NAME` = latest): they answer without retrieval."""
+        from llmtwin.registry.models import served_models
+
+        try:
+            served = served_models(self.twin.project.root, self.twin.config)
+        except TwinError as e:
+            log.warning("model registry unavailable: %s", e)
+            return []
+        return [
+            {"id": m["id"], "object": "model", "created": self.started, "owned_by": "llmtwin-registry",
+             "kind": "registered", "version": m["version"],
+             "description": f"registered model version {m['version']} ({', '.join(m['kinds'])}), without retrieval"}
+            for m in served
         ]
+
+    def llm_for(self, model: str | None, rag: bool):
+        """The LLM a chat request names: the configured one, or a registered model (loaded once)."""
+        if rag or not model or model in (self.cfg.rag_model, self.llm.name):
+            return self.llm
+        if model not in {m["id"] for m in self.registered_models()}:
+            return self.llm  # make_plan answers 404 naming the models there are
+        from llmtwin.models.get import get_llm
+
+        cfg = self.twin.config.llm.model_copy(
+            update={"provider": "registry", "model": model, "path": str(self.twin.project.root), "backend": "auto"}
+        )
+        return get_llm(cfg, seed=self.twin.config.seed)
 
 
 def create_app(twin, *, keys: KeyStore | None, warm: bool = True) -> FastAPI:
@@ -206,7 +236,8 @@ def create_app(twin, *, keys: KeyStore | None, warm: bool = True) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
-        plan = make_plan(body, twin=twin, llm=server.llm, rag_model=cfg.rag_model, server_max_tokens=cfg.max_tokens)
+        llm = await run_in_threadpool(server.llm_for, body.model, body.rag is True)
+        plan = make_plan(body, twin=twin, llm=llm, rag_model=cfg.rag_model, server_max_tokens=cfg.max_tokens)
         ticket = server.queue.enter()  # QueueFull → 429 with Retry-After
         gen = Generation(plan)
         server.generations.add(gen)
