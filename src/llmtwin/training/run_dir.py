@@ -1,0 +1,102 @@
+"""A training run's directory: naming, finding an unfinished run to resume, writing twin_model.json, recording.
+
+Layout (shared contract): `.twin/runs/<run_name>/` with `model/`, `twin_model.json`, `metrics.jsonl`,
+plus `recipe.json` (what was asked) and `checkpoints/` while training.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from pathlib import Path
+
+CARD = "twin_model.json"
+RECIPE = "recipe.json"
+
+
+def runs_root(project_root: Path) -> Path:
+    return project_root / ".twin" / "runs"
+
+
+def new_run_name(prefix: str) -> str:
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoints/checkpoint-N with a trainer_state.json (an interrupted save has none)."""
+    found = []
+    for d in (run_dir / "checkpoints").glob("checkpoint-*"):
+        if d.is_dir() and (d / "trainer_state.json").is_file() and d.name.split("-")[-1].isdigit():
+            found.append((int(d.name.split("-")[-1]), d))
+    return max(found)[1] if found else None
+
+
+def find_unfinished(root: Path, prefix: str, recipe_json: str) -> Path | None:
+    """The newest run `<prefix>-*` with the same recipe, no twin_model.json yet and a checkpoint: resume it."""
+    if not root.is_dir():
+        return None
+    candidates = sorted((d for d in root.glob(f"{prefix}-*") if d.is_dir()), key=lambda d: d.stat().st_mtime, reverse=True)
+    for d in candidates:
+        if (d / CARD).exists() or not (d / RECIPE).is_file():
+            continue
+        if (d / RECIPE).read_text(encoding="utf-8") == recipe_json and last_checkpoint(d) is not None:
+            return d
+    return None
+
+
+def prepare(project_root: Path, prefix: str, recipe_json: str, run_name: str | None, resume: bool
+            ) -> tuple[Path, Path | None, int | None]:
+    """(run dir, checkpoint to resume from, its step): an explicit name, else an unfinished identical run, else new."""
+    import shutil
+
+    from llmtwin.errors import TwinError
+    from llmtwin.training.callbacks import truncate_metrics
+
+    root = runs_root(project_root)
+    run_dir = root / run_name if run_name else (find_unfinished(root, prefix, recipe_json) if resume else None)
+    run_dir = run_dir or root / new_run_name(prefix)
+    if (run_dir / CARD).exists():
+        raise TwinError(f"{run_dir}: this run is finished (twin_model.json exists); choose another --run-name")
+    checkpoint = last_checkpoint(run_dir) if resume else None
+    if not resume and (run_dir / "checkpoints").exists():
+        shutil.rmtree(run_dir / "checkpoints")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RECIPE).write_text(recipe_json, encoding="utf-8")
+    metrics = run_dir / "metrics.jsonl"
+    step = int(checkpoint.name.split("-")[-1]) if checkpoint else None
+    if step is not None:
+        truncate_metrics(metrics, step)
+    else:
+        metrics.unlink(missing_ok=True)
+    return run_dir, checkpoint, step
+
+
+def resolve_base(base: str, project_root: Path, config=None) -> str:
+    """'packaged', a HF dir, or a registered model (NAME@ALIAS, NAME/VERSION): its runnable HF dir (adapters merged)."""
+    from llmtwin.registry.record import is_registry_ref
+
+    if not is_registry_ref(base):
+        return base
+    from llmtwin.registry.merge import runnable_dir
+    from llmtwin.registry.models import resolve
+
+    return str(runnable_dir(project_root, resolve(project_root, base, config), config))
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_card(run_dir: Path, card: dict) -> None:
+    (run_dir / CARD).write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def record(project_root: Path, run_dir: Path, name: str | None, config) -> tuple[dict | None, str | None]:
+    """Register the run (MLflow run + model version with alias `candidate`); (result, None) or (None, why not)."""
+    try:
+        from llmtwin.registry.record import record_run
+    except ImportError as e:
+        return None, f"not registered: the model registry is not available ({e})"
+    return record_run(project_root, run_dir, name=name, config=config), None
