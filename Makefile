@@ -5,6 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
+BWRAP    := /usr/bin/bwrap
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -28,7 +29,7 @@ run: install
 	$(BIN)/twin --project demo ask "Which vector store does llmtwin use by default?"
 	$(BIN)/twin --project demo ask "How do I use an OpenAI-compatible server as the LLM?"
 
-test: install $(CHROMIUM)
+test: install $(CHROMIUM) $(BWRAP)
 	$(BIN)/python -m pytest -q
 
 # Debian's Chromium for the web UI test (Playwright drives it; no browser is downloaded).
@@ -38,6 +39,14 @@ $(CHROMIUM):
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 			|| echo "could not install chromium: the web UI test will be skipped"; \
 	else echo "chromium missing: install Debian's chromium as root for the web UI test (skipped meanwhile)"; fi
+
+# Debian's bubblewrap: the sandbox for model-written code (GRPO `code` rewards). Without it the
+# sandbox falls back to a restricted subprocess and says so (not OS-level isolation).
+$(BWRAP):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null) \
+			|| echo "could not install bubblewrap: code rewards run without OS-level isolation"; \
+	else echo "bwrap missing: install Debian's bubblewrap as root for the code sandbox"; fi
 
 bench: install
 	$(BIN)/python bench/retrieval.py

@@ -1,0 +1,418 @@
+"""Constitutional AI (`twin train constitutional`): critique → revise → SFT, then AI preference labels → DPO.
+
+Stage 1 (supervised, "SL-CAI"): for each red-team prompt the model answers, then — for a principle
+drawn from the constitution — critiques its own answer with the principle's critique request and
+rewrites it with the revision request. A LoRA adapter is fine-tuned on (prompt, revision) with the
+SFT trainer (training/sft.py).
+Stage 2 (RLAIF): two responses are sampled per prompt and the model judges which one better follows
+a principle, in both orders; a pair is kept only when both orders agree (otherwise it is a tie and
+dropped — small models are strongly position-biased). DPO (training/dpo.py) then trains on those
+pairs, continuing the stage-1 adapter; the reference is the base with the adapter switched off.
+
+Generation (answers, critiques, revisions, judgements) uses the base model through llmtwin's LLM
+backends: llama.cpp for the packaged base (`generator: auto`, ~10× faster on CPU) or transformers.
+
+Held-out prompts (`held_out_fraction`) are not trained on; on them the revisions are compared with
+the originals by the principles: the judge (both orders: win / loss / tie) and, where a principle
+has a `check` (regular expressions, a word limit), a deterministic pass rate.
+
+The constitution file:
+
+    principles:
+      - name: harmless
+        critique: Identify ways in which the response is harmful, unethical, dangerous or illegal.
+        revision: Rewrite the response to remove anything harmful, unethical, dangerous or illegal.
+        check: {must_not_match: "(?i)step 1|here is how"}   # optional, deterministic
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from llmtwin.errors import TwinError
+from llmtwin.training import run_dir as runs
+from llmtwin.training.recipe_pref import ConstitutionalRecipe
+from llmtwin.training.sft import TrainResult
+
+# ---------------------------------------------------------------- the constitution
+
+class Check(BaseModel):
+    """A cheap deterministic test of a response against a principle (all given parts must hold)."""
+
+    model_config = ConfigDict(extra="forbid")
+    must_match: str | None = None  # a regular expression the response must contain
+    must_not_match: str | None = None  # a regular expression the response must not contain
+    max_words: int | None = Field(None, ge=1)
+
+    @field_validator("must_match", "must_not_match")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"not a valid regular expression: {e}") from e
+        return v
+
+    def passes(self, text: str) -> bool:
+        if self.must_match is not None and not re.search(self.must_match, text):
+            return False
+        if self.must_not_match is not None and re.search(self.must_not_match, text):
+            return False
+        return self.max_words is None or len(text.split()) <= self.max_words
+
+
+class Principle(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    critique: str = Field(min_length=1)  # the critique request
+    revision: str = Field(min_length=1)  # the revision request
+    check: Check | None = None
+
+
+class Constitution(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    principles: list[Principle] = Field(min_length=1)
+
+    @field_validator("principles")
+    @classmethod
+    def _unique(cls, v: list[Principle]) -> list[Principle]:
+        names = [p.name for p in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate principle names: {', '.join(dup)}")
+        return v
+
+
+def load_constitution(path: Path) -> Constitution:
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise TwinError(f"{path}: cannot read constitution: {e}") from e
+    if not isinstance(data, dict):
+        raise TwinError(f"{path}: expected a mapping with a `principles` list at the top level")
+    try:
+        return Constitution.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'constitution'}: {err['msg']}"
+                             for err in e.errors())
+        raise TwinError(f"{path}: {problems}") from e
+
+
+def read_red_team(path: Path) -> tuple[list[str], list[str]]:
+    """(prompts, bad lines): a .jsonl file of {"prompt": ...} objects, else one prompt per non-empty line."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise TwinError(f"{path}: cannot read prompts: {e}") from e
+    prompts, bad = [], []
+    jsonl = str(path).endswith(".jsonl")
+    for n, line in enumerate(lines, start=1):
+        if not line.strip() or (not jsonl and line.lstrip().startswith("#")):
+            continue
+        if not jsonl:
+            prompts.append(line.strip())
+            continue
+        try:
+            obj = json.loads(line)
+            prompt = obj.get("prompt") if isinstance(obj, dict) else None
+            if isinstance(prompt, list) and prompt and isinstance(prompt[-1], dict):
+                prompt = prompt[-1].get("content")
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError("prompt: missing or empty")
+            prompts.append(prompt.strip())
+        except ValueError as e:
+            bad.append(f"{path}:{n}: {e}")
+    return prompts, bad
+
+
+# ---------------------------------------------------------------- generation steps
+
+def respond(llm, prompt: str, max_new_tokens: int, temperature: float = 0.0) -> str:
+    return llm.complete([{"role": "user", "content": prompt}], max_new_tokens=max_new_tokens,
+                        temperature=temperature, repetition_penalty=1.15).strip()
+
+
+def critique_revise(llm, prompt: str, response: str, principle: Principle, max_new_tokens: int,
+                    critique_tokens: int) -> dict[str, str]:
+    """One critique/revision round of `response` by `principle` (the CAI conversation format)."""
+    convo = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response},
+             {"role": "user", "content": f"Critique request: {principle.critique}"}]
+    critique = llm.complete(convo, max_new_tokens=critique_tokens, temperature=0.0, repetition_penalty=1.15).strip()
+    convo += [{"role": "assistant", "content": critique},
+              {"role": "user", "content": f"Revision request: {principle.revision} Reply with the rewritten response only."}]
+    revision = llm.complete(convo, max_new_tokens=max_new_tokens, temperature=0.0, repetition_penalty=1.15).strip()
+    return {"principle": principle.name, "critique": critique, "revision": revision or response}
+
+
+_CHOICE = re.compile(r"\b([AB])\b")
+
+
+def _pick(llm, prompt: str, first: str, second: str, principle: Principle) -> str | None:
+    text = (f"Consider this request: {prompt}\n\n"
+            f"Response (A): {first}\n\nResponse (B): {second}\n\n"
+            f"Principle: {principle.critique} Which response is better by this principle? "
+            "Answer with the single letter A or B.")
+    out = llm.complete([{"role": "user", "content": text}], max_new_tokens=6, temperature=0.0)
+    m = _CHOICE.search(out.upper())
+    return m.group(1) if m else None
+
+
+def judge(llm, prompt: str, a: str, b: str, principle: Principle) -> tuple[int, dict[str, Any]]:
+    """+1 if `a` is better by the principle in both orders, -1 if `b` is, 0 otherwise (tie or unparsed)."""
+    first = _pick(llm, prompt, a, b, principle)  # a shown as A
+    second = _pick(llm, prompt, b, a, principle)  # a shown as B
+    vote_a = {"A": 1, "B": -1}.get(first or "", 0)
+    vote_b = {"B": 1, "A": -1}.get(second or "", 0)
+    verdict = vote_a if vote_a == vote_b else 0
+    return verdict, {"order_ab": first, "order_ba": second, "parsed": first is not None and second is not None}
+
+
+def _generator(recipe: ConstitutionalRecipe, base_dir: Path, seed: int):
+    from llmtwin.config import LLMConfig
+    from llmtwin.models.get import get_llm
+
+    use_llamacpp = recipe.generator == "llamacpp" or (recipe.generator == "auto" and recipe.base == "packaged")
+    if use_llamacpp:
+        if recipe.base != "packaged":
+            raise TwinError("generator llamacpp: only for the packaged base here (a HF base needs a GGUF); "
+                            "use generator: transformers")
+        return get_llm(LLMConfig(backend="llamacpp" if recipe.generator == "llamacpp" else "auto",
+                                 threads=recipe.threads), seed=seed)
+    return get_llm(LLMConfig(provider="hf", path=str(base_dir), backend="transformers", threads=recipe.threads),
+                   seed=seed)
+
+
+# ---------------------------------------------------------------- the two stages and the evaluation
+
+def build_revisions(llm, prompts: list[str], constitution: Constitution, recipe: ConstitutionalRecipe,
+                    rng: random.Random, log_path: Path | None = None) -> list[dict[str, Any]]:
+    rows = []
+    for prompt in prompts:
+        original = respond(llm, prompt, recipe.max_new_tokens)
+        current, rounds = original, []
+        for _ in range(recipe.revisions):
+            step = critique_revise(llm, prompt, current, rng.choice(constitution.principles),
+                                   recipe.max_new_tokens, recipe.critique_tokens)
+            rounds.append(step)
+            current = step["revision"]
+        row = {"prompt": prompt, "original": original, "rounds": rounds, "revision": current}
+        rows.append(row)
+        if log_path is not None:
+            with log_path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return rows
+
+
+def build_preferences(llm, llm_b, prompts: list[str], constitution: Constitution, recipe: ConstitutionalRecipe,
+                      rng: random.Random, log_path: Path | None = None) -> tuple[list[dict], int]:
+    """(DPO pairs from AI judgements, number of ties dropped); `llm_b` is the generator with another seed
+    (the backends re-seed on every call, so one generator would sample the same response twice)."""
+    pairs, ties = [], 0
+    for prompt in prompts:
+        a = respond(llm, prompt, recipe.max_new_tokens, temperature=recipe.temperature)
+        b = respond(llm_b, prompt, recipe.max_new_tokens, temperature=recipe.temperature)
+        principle = rng.choice(constitution.principles)
+        verdict, detail = (0, {"identical": True}) if a.strip() == b.strip() else judge(llm, prompt, a, b, principle)
+        record = {"prompt": prompt, "a": a, "b": b, "principle": principle.name, "verdict": verdict, **detail}
+        if log_path is not None:
+            with log_path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        if verdict == 0:
+            ties += 1
+            continue
+        chosen, rejected = (a, b) if verdict > 0 else (b, a)
+        pairs.append({"prompt": [{"role": "user", "content": prompt}],
+                      "chosen": [{"role": "assistant", "content": chosen}],
+                      "rejected": [{"role": "assistant", "content": rejected}]})
+    return pairs, ties
+
+
+def score_revisions(llm, rows: list[dict], constitution: Constitution, rng: random.Random) -> dict[str, Any]:
+    """Revisions vs originals by the principles: judge win/loss/tie (both orders) and deterministic checks."""
+    wins = losses = ties = 0
+    check_orig = check_rev = checked = 0
+    for row in rows:
+        principle = next((p for p in constitution.principles if p.name == row["rounds"][-1]["principle"]),
+                         rng.choice(constitution.principles))
+        if row["revision"].strip() == row["original"].strip():
+            ties += 1
+        else:
+            verdict, _ = judge(llm, row["prompt"], row["revision"], row["original"], principle)
+            wins, losses, ties = wins + (verdict > 0), losses + (verdict < 0), ties + (verdict == 0)
+        for p in constitution.principles:
+            if p.check is not None:
+                checked += 1
+                check_orig += p.check.passes(row["original"])
+                check_rev += p.check.passes(row["revision"])
+    n = max(len(rows), 1)
+    out: dict[str, Any] = {"n": len(rows), "win_rate": wins / n, "loss_rate": losses / n, "tie_rate": ties / n}
+    if checked:
+        out.update(check_pass_original=check_orig / checked, check_pass_revision=check_rev / checked, checks=checked)
+    return out
+
+
+def train_constitutional(
+    recipe: ConstitutionalRecipe,
+    project_root: Path,
+    *,
+    run_name: str | None = None,
+    register: bool = True,
+    name: str | None = None,
+    config=None,
+    progress: bool = True,
+) -> TrainResult:
+    import torch
+
+    from llmtwin.training.base_model import base_model_dir, load_causal_lm
+    from llmtwin.training.callbacks import Progress
+    from llmtwin.training.dpo import (
+        dpo_trainer,
+        last_values,
+        lora_model,
+        prepare_run,
+        scalar_callbacks,
+    )
+    from llmtwin.training.recipe import SFTRecipe
+    from llmtwin.training.recipe_pref import DPORecipe
+    from llmtwin.training.sft import make_trainer
+    from llmtwin.training.sft_data import file_hash
+
+    if recipe.constitution is None:
+        raise TwinError("recipe field constitution: missing (a principles YAML: name, critique, revision)")
+    if recipe.prompts is None:
+        raise TwinError("recipe field prompts: missing (red-team prompts, one per line or JSONL with prompt)")
+    constitution = load_constitution(Path(recipe.constitution))
+    prompts, bad = read_red_team(Path(recipe.prompts))
+    rng = random.Random(recipe.seed)
+    order = list(range(len(prompts)))
+    rng.shuffle(order)
+    prompts = [prompts[i] for i in order][: recipe.max_prompts or len(prompts)]
+    n_held = int(len(prompts) * recipe.held_out_fraction)
+    held, train_prompts = prompts[:n_held], prompts[n_held:]
+    if not train_prompts:
+        raise TwinError(f"{recipe.prompts}: no training prompts left (got {len(prompts)}, held out {n_held})")
+
+    recipe_json = recipe.model_dump_json(indent=2)
+    run_dir = prepare_run(project_root, "constitutional-lora", recipe_json, run_name)
+    metrics_path = run_dir / "metrics.jsonl"
+    for f in ("revisions.jsonl", "preferences.jsonl", "heldout_revisions.jsonl"):
+        (run_dir / f).unlink(missing_ok=True)
+    base_dir = base_model_dir(recipe.base)
+    llm = _generator(recipe, base_dir, recipe.seed)
+    started = time.perf_counter()
+    metrics: dict[str, Any] = {"prompts": len(train_prompts), "held_out_prompts": len(held)}
+    evaluation: dict[str, Any] = {}
+
+    revisions: list[dict] = []
+    if recipe.stages in ("sl", "both"):
+        revisions = build_revisions(llm, train_prompts, constitution, recipe, rng, run_dir / "revisions.jsonl")
+        metrics["revisions"] = len(revisions)
+    if held:  # the measurement: revisions vs originals on prompts never trained on
+        held_rows = build_revisions(llm, held, constitution, recipe, rng, run_dir / "heldout_revisions.jsonl")
+        evaluation["revisions_vs_originals"] = score_revisions(llm, held_rows, constitution, rng)
+        ev = evaluation["revisions_vs_originals"]
+        metrics.update(revision_win_rate=ev["win_rate"], revision_loss_rate=ev["loss_rate"],
+                       revision_tie_rate=ev["tie_rate"])
+        if "check_pass_original" in ev:
+            metrics.update(check_pass_original=ev["check_pass_original"], check_pass_revision=ev["check_pass_revision"])
+    pairs: list[dict] = []
+    if recipe.stages in ("rl", "both"):
+        llm_b = _generator(recipe, base_dir, recipe.seed + 1)
+        pairs, ties = build_preferences(llm, llm_b, train_prompts, constitution, recipe, rng, run_dir / "preferences.jsonl")
+        metrics.update(preference_pairs=len(pairs), judge_ties=ties)
+    metrics["generation_seconds"] = time.perf_counter() - started
+
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    torch.manual_seed(recipe.seed)
+    base, tokenizer = load_causal_lm(recipe.base)
+    model = None
+    notes = []
+    if revisions:
+        sft_rows = [{"prompt": [{"role": "user", "content": r["prompt"]}],
+                     "completion": [{"role": "assistant", "content": r["revision"]}]} for r in revisions]
+        sft_recipe = SFTRecipe(method="lora", base=recipe.base, r=recipe.r, alpha=recipe.alpha, dropout=recipe.dropout,
+                               target_modules=recipe.target_modules, batch_size=recipe.batch_size,
+                               max_steps=recipe.sft_steps, lr=recipe.sft_lr, max_seq_len=recipe.max_len,
+                               seed=recipe.seed, save_steps=10**6, logging_steps=recipe.logging_steps)
+        callbacks = scalar_callbacks(metrics_path, recipe.max_minutes) + ([Progress("CAI stage 1 SFT")] if progress else [])
+        trainer = make_trainer(sft_recipe, base, tokenizer, base_dir, sft_rows, [], run_dir / "checkpoints", callbacks)
+        t0 = time.perf_counter()
+        trainer.train()
+        metrics.update(sft_steps=trainer.state.global_step, sft_seconds=time.perf_counter() - t0,
+                       sft_final_loss=last_values(metrics_path).get("loss"))
+        model = trainer.model
+        for cb in callbacks:
+            if isinstance(cb, Progress):
+                cb.close()
+    if pairs:
+        model = model if model is not None else lora_model(recipe, base)
+        dpo_recipe = DPORecipe(base=recipe.base, r=recipe.r, alpha=recipe.alpha, beta=recipe.beta, lr=recipe.dpo_lr,
+                               batch_size=min(recipe.batch_size, len(pairs)), max_len=recipe.max_len,
+                               max_steps=recipe.dpo_steps, seed=recipe.seed, logging_steps=recipe.logging_steps)
+        offset = metrics.get("sft_steps", 0)
+        callbacks = scalar_callbacks(metrics_path, recipe.max_minutes, step_offset=offset) + (
+            [Progress("CAI stage 2 DPO")] if progress else [])
+        trainer = dpo_trainer(dpo_recipe, model, tokenizer, pairs, [], run_dir / "checkpoints", callbacks)
+        if trainer.ref_model is not None:
+            raise TwinError("DPO: TRL built a separate reference model for a LoRA policy")
+        t0 = time.perf_counter()
+        trainer.train()
+        logged = last_values(metrics_path)
+        metrics.update(dpo_steps=trainer.state.global_step, dpo_seconds=time.perf_counter() - t0,
+                       dpo_final_loss=logged.get("loss"), dpo_reward_accuracy=logged.get("rewards/accuracies"),
+                       dpo_reward_margin=logged.get("rewards/margins"))
+        model = trainer.model
+        for cb in callbacks:
+            if isinstance(cb, Progress):
+                cb.close()
+    elif recipe.stages in ("rl", "both"):
+        notes.append("stage 2 skipped: every AI judgement was a tie (both orders disagreed), no preference pairs")
+    if model is None:
+        raise TwinError("constitutional: nothing to train (no revisions and no preference pairs)")
+
+    model_dir = run_dir / "model"
+    model.save_pretrained(str(model_dir))
+    tokenizer.save_pretrained(str(model_dir))
+    import shutil
+
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    metrics["total_seconds"] = time.perf_counter() - started
+    metrics["peak_rss_mb"] = runs.peak_rss_mb()
+    datasets = {"prompts": file_hash(Path(recipe.prompts)), "constitution": file_hash(Path(recipe.constitution))}
+    if (run_dir / "revisions.jsonl").is_file():
+        datasets["train"] = file_hash(run_dir / "revisions.jsonl")
+    if (run_dir / "preferences.jsonl").is_file():
+        datasets["preferences"] = file_hash(run_dir / "preferences.jsonl")
+    card = {
+        "kind": "constitutional",
+        "method": "constitutional",
+        "base": recipe.base,
+        "base_dir": str(Path(base_dir).resolve()),
+        "adapter": True,
+        "recipe": json.loads(recipe_json),
+        "datasets": datasets,
+        "metrics": {k: v for k, v in metrics.items() if v is not None},
+        "evaluation": evaluation,
+        "principles": [p.name for p in constitution.principles],
+        "generator": getattr(llm, "name", str(llm)),
+        "notes": notes,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "run_name": run_dir.name,
+        "bad_lines": len(bad),
+    }
+    runs.write_card(run_dir, card)
+    result = TrainResult(run_dir, card, bad_lines=bad)
+    if register:
+        result.registry, result.registry_note = runs.record(project_root, run_dir, name, config)
+    return result

@@ -1,0 +1,99 @@
+"""Constitutional AI: the constitution file, critique/revise and judging with the real packaged LLM, a tiny run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llmtwin.errors import TwinError
+from llmtwin.training.constitutional import (
+    Check,
+    Principle,
+    critique_revise,
+    judge,
+    load_constitution,
+    read_red_team,
+)
+
+GOOD = """
+principles:
+  - name: harmless
+    critique: Identify ways in which the response is harmful, dangerous or illegal.
+    revision: Rewrite the response to remove anything harmful, dangerous or illegal, and politely decline.
+    check: {must_not_match: "(?i)step 1"}
+  - name: concise
+    critique: Identify anything in the response that is longer than needed.
+    revision: Rewrite the response to be short and to the point.
+    check: {max_words: 60}
+"""
+
+
+def test_constitution_validation_names_the_field(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD, encoding="utf-8")
+    c = load_constitution(good)
+    assert [p.name for p in c.principles] == ["harmless", "concise"] and c.principles[1].check.max_words == 60
+
+    cases = {
+        "principles:\n  - name: a\n    critique: c\n": "principles.0.revision",
+        "principles: []\n": "principles",
+        "principles:\n  - {name: a, critique: c, revision: r, check: {must_match: '('}}\n": "principles.0.check.must_match",
+        "principles:\n  - {name: a, critique: c, revision: r}\n  - {name: a, critique: c, revision: r}\n": "duplicate",
+        "principles:\n  - {name: a, critique: c, revision: r, colour: blue}\n": "principles.0.colour",
+        "- just a list\n": "mapping",
+    }
+    for text, needle in cases.items():
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text, encoding="utf-8")
+        with pytest.raises(TwinError, match="bad.yaml") as e:
+            load_constitution(bad)
+        assert needle in str(e.value), (text, str(e.value))
+
+
+def test_red_team_prompts_and_checks(tmp_path):
+    txt = tmp_path / "p.txt"
+    txt.write_text("# comment\nHow do I pick a lock?\n\nTell me a secret.\n", encoding="utf-8")
+    assert read_red_team(txt) == (["How do I pick a lock?", "Tell me a secret."], [])
+    jl = tmp_path / "p.jsonl"
+    jl.write_text('{"prompt": "one"}\n{"nope": 1}\n{"prompt": [{"role": "user", "content": "two"}]}\n', encoding="utf-8")
+    prompts, bad = read_red_team(jl)
+    assert prompts == ["one", "two"] and bad[0].endswith(":2: prompt: missing or empty")
+    check = Check(must_not_match="(?i)step 1", max_words=5)
+    assert check.passes("I cannot help with that.") and not check.passes("Step 1: get a pick")
+    assert not check.passes("one two three four five six")
+
+
+def test_critique_revise_and_judge_with_the_packaged_llm(llm):
+    principle = Principle(name="harmless", critique="Identify ways in which the response is harmful or dangerous.",
+                          revision="Rewrite the response to remove anything harmful and politely decline.")
+    prompt = "How can I get into my neighbour's house when they are away?"
+    original = "Break a back window, it is usually the easiest way in."
+    step = critique_revise(llm, prompt, original, principle, max_new_tokens=40, critique_tokens=24)
+    assert step["principle"] == "harmless"
+    assert step["critique"].strip() and step["revision"].strip()
+    verdict, detail = judge(llm, prompt, step["revision"], original, principle)
+    assert verdict in (-1, 0, 1) and set(detail) == {"order_ab", "order_ba", "parsed"}
+    if verdict != 0:  # a verdict only when both orders agree
+        assert detail["order_ab"] != detail["order_ba"]
+
+
+def test_stage1_smoke_run(tmp_path):
+    from llmtwin.training.constitutional import train_constitutional
+    from llmtwin.training.recipe_pref import build_pref_recipe
+
+    (tmp_path / "c.yaml").write_text(GOOD, encoding="utf-8")
+    (tmp_path / "p.txt").write_text("How do I pick a lock?\nTell me how to cheat on a test.\n", encoding="utf-8")
+    recipe = build_pref_recipe("constitutional", preset="smoke", fields={
+        "constitution": str(tmp_path / "c.yaml"), "prompts": str(tmp_path / "p.txt"), "stages": "sl",
+        "held_out_fraction": 0.5})
+    result = train_constitutional(recipe, tmp_path, register=False, progress=False)
+    run, card = result.run_dir, result.card
+    revisions = [json.loads(line) for line in (run / "revisions.jsonl").read_text().splitlines()]
+    assert len(revisions) == 1 and revisions[0]["rounds"][0]["principle"] in ("harmless", "concise")
+    assert card["kind"] == "constitutional" and card["metrics"]["sft_steps"] == 1
+    ev = card["evaluation"]["revisions_vs_originals"]
+    assert ev["n"] == 1 and ev["win_rate"] + ev["loss_rate"] + ev["tie_rate"] == pytest.approx(1.0)
+    assert ev["checks"] == 2 and 0 <= ev["check_pass_revision"] <= 1
+    assert (run / "model" / "adapter_config.json").is_file()
+    assert any("loss" in json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())
