@@ -2,7 +2,12 @@
 top of hybrid, then combinations. nDCG@10, R@1, R@5, MRR@10 of the gold passage, p50/p95 latency of
 the whole search path per query (query embedding included, one query at a time).
 
-    .venv/bin/python bench/retrieval_ablation.py [--project DIR] [--queries 1000] [--configs a,b,...]
+    .venv/bin/python bench/retrieval_ablation.py [--project DIR] [--queries 1000] [--configs a,b,...] [--out F]
+
+The LLM configurations (rewrite, decompose, multi_query, hyde, hyde_fuse, step_back, llm_rerank_*)
+call the configured LLM once or more per question: run them on a small --queries (the same prefix
+of the fixed order as their hybrid baseline) and, since results are keyed `config@N`, in their own
+--out file when another run writes the default one at the same time.
 
 Evaluation only: the questions are read from ../shared/data and never trained on; `twin tune`
 reads the project's chunks only. The project is ingested from disfl_qa_corpus.jsonl if it has no
@@ -40,7 +45,20 @@ CONFIGS: dict[str, dict] = {  # retrieval.* overrides, each on top of plain hybr
     "rerank_top10": {"rerank": "on", "adapter": "off", "rerank_top_n": 10},
     "merge+rerank": {"rerank": "on", "adapter": "off", "merge": True},
     "adapter+rerank": {"rerank": "on", "adapter": "auto"},
+    # before retrieval, with the configured LLM (the packaged SmolLM2-135M unless twin.yaml says otherwise)
+    "rewrite": {**OFF, "transforms": ["rewrite"]},
+    "decompose": {**OFF, "transforms": ["decompose"]},
+    "multi_query": {**OFF, "transforms": ["multi_query"]},
+    "hyde": {**OFF, "transforms": ["hyde"]},
+    "hyde_fuse": {**OFF, "transforms": ["hyde"], "hyde_mode": "fuse"},
+    "step_back": {**OFF, "transforms": ["step_back"]},
+    # after retrieval, with the configured LLM
+    "llm_rerank_point": {**OFF, "llm_rerank": "pointwise", "llm_rerank_top_n": 5},
+    "llm_rerank_list": {**OFF, "llm_rerank": "listwise", "llm_rerank_top_n": 5},
+    "rerank+llm_list": {"rerank": "on", "adapter": "off", "llm_rerank": "listwise", "llm_rerank_top_n": 5},
+    "adapter+rerank+rewrite": {"rerank": "on", "adapter": "auto", "transforms": ["rewrite"]},
 }
+LLM_CONFIGS = {n for n, c in CONFIGS.items() if c.get("transforms") or c.get("llm_rerank")}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -51,7 +69,8 @@ def percentile(values: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--project", type=Path, default=ROOT / "bench" / "results" / "ablation")
-    parser.add_argument("--queries", type=int, default=1000, help="a fixed random sample (seed 0); 8000 = all")
+    parser.add_argument("--queries", type=int, default=1000,
+                        help="the first N of one fixed random order (seed 0): 200 ⊂ 1000; 8000 = all")
     parser.add_argument("--configs", default="hybrid,merge,mmr,rerank")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "retrieval_ablation.json")
     args = parser.parse_args()
@@ -61,13 +80,15 @@ def main() -> None:
     from llmtwin.evaluation.retrieval import dedupe, mrr_at_k, ndcg_at_k, recall_at_k
 
     queries = [json.loads(line) for line in (DATA / "disfl_qa_queries.jsonl").open()]
-    if args.queries < len(queries):
-        queries = random.Random(0).sample(queries, args.queries)
+    if args.queries < len(queries):  # one order, so that a smaller sample is a prefix of a larger one
+        queries = random.Random(0).sample(queries, len(queries))[: args.queries]
     twin = Twin(args.project)
     if not (twin.project.store_dir / "meta.json").exists():
         twin.ingest([DATA / "disfl_qa_corpus.jsonl"])
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     twin.search("warm up", retrieval={"rerank": "auto"})
+    if LLM_CONFIGS & set(args.configs.split(",")):
+        twin.llm.complete([{"role": "user", "content": "Hello"}], max_new_tokens=2)  # load it before timing
 
     for name in args.configs.split(","):
         overrides = dict(CONFIGS[name])
@@ -76,11 +97,15 @@ def main() -> None:
         latency: list[float] = []
         stages: dict[str, list[float]] = {}
         pipeline = None
+        fallbacks: dict[str, int] = {}
         for i, q in enumerate(queries):
             t = time.perf_counter()
             try:
                 result = twin.search_explain(q["question"], k=10, mode=mode, retrieval=overrides)
                 hits, pipeline = result.hits, result.pipeline
+                for record in result.transforms:
+                    if record.get("fallback"):
+                        fallbacks[record["name"]] = fallbacks.get(record["name"], 0) + 1
                 for stage, seconds in result.timings.items():
                     stages.setdefault(stage, []).append(seconds)
             except TwinError:  # one question of the set is empty: a miss
@@ -95,7 +120,9 @@ def main() -> None:
             if (i + 1) % 200 == 0:
                 print(f"  {name}: {i + 1}/{len(queries)} nDCG@10 so far {statistics.fmean(rows['nDCG@10']):.4f}",
                       file=sys.stderr, flush=True)
-        results[name] = {
+        key = f"{name}@{len(queries)}"
+        results[key] = {
+            "config": name,
             "overrides": CONFIGS[name],
             "pipeline": pipeline,
             "queries": len(queries),
@@ -105,8 +132,9 @@ def main() -> None:
             "stage_p50_ms": {s: round(percentile(v, 0.5) * 1000, 1) for s, v in stages.items()},
             "date": time.strftime("%Y-%m-%d %H:%M"),
             "load_avg_1m": round(os.getloadavg()[0], 2),
+            "fallbacks": fallbacks,  # LLM outputs judged junk: the question alone was searched
         }
-        print(name, json.dumps(results[name]), flush=True)
+        print(key, json.dumps(results[key]), flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))
     print_table(results)

@@ -1,6 +1,6 @@
 """The post-retrieval pipeline: configured stages after `search()`, each `list[Hit]` → `list[Hit]`.
 
-    search (fetch depth) → merge → rerank → mmr → top k → window → compress
+    search (fetch depth) → merge → rerank → llm_rerank → mmr → top k → window → compress
 
 Stages that are off are left out; with none on, the pipeline is `search(k)` unchanged. Each stage's
 hits and seconds land in `SearchResult.stages` / `.timings` under its name (so in `--explain`, the
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from llmtwin.config import RetrievalConfig
     from llmtwin.models.embedder import Embedder
+    from llmtwin.models.llm import LLM
     from llmtwin.models.reranker import CrossEncoderReranker
     from llmtwin.retrieval.search import SearchResult
     from llmtwin.store.lancedb_store import LanceStore
@@ -45,6 +46,7 @@ class Pipeline:
         embedder: Embedder,
         query_vector: Callable[[], np.ndarray],
         reranker: CrossEncoderReranker | None = None,
+        llm: Callable[[], LLM] | None = None,
     ):
         self.k = k
         before: list[Stage] = []
@@ -59,6 +61,19 @@ class Pipeline:
 
             before.append(Stage("rerank", f"rerank({reranker.name}, top {cfg.rerank_top_n})",
                                 lambda hits: rerank(hits, query, reranker, cfg.rerank_top_n)))
+        self.llm_replies: list[str] = []
+        if cfg.llm_rerank != "off" and llm is not None:
+            from llmtwin.retrieval import llm_rerank
+
+            rank = llm_rerank.pointwise if cfg.llm_rerank == "pointwise" else llm_rerank.listwise
+
+            def run_llm_rerank(hits: list[Hit]) -> list[Hit]:
+                out = rank(hits, query, llm(), cfg.llm_rerank_top_n)
+                self.llm_replies = out.replies
+                return out.hits
+
+            before.append(Stage("llm_rerank", f"llm_rerank({cfg.llm_rerank}, top {cfg.llm_rerank_top_n})",
+                                run_llm_rerank))
         if cfg.mmr:
             from llmtwin.retrieval.mmr import hit_vectors, mmr
 
@@ -81,6 +96,8 @@ class Pipeline:
             depth = max(depth, cfg.fetch_k)
         if reranker is not None:
             depth = max(depth, cfg.rerank_top_n)
+        if cfg.llm_rerank != "off" and llm is not None:
+            depth = max(depth, cfg.llm_rerank_top_n)
         self.depth = depth  # how many hits search() must return
 
     @property
@@ -107,6 +124,8 @@ class Pipeline:
             result.stages[stage.name] = hits
             result.pipeline.append(stage.label)
         result.hits = hits
+        if self.llm_replies:
+            result.transforms.append({"name": "llm_rerank", "replies": self.llm_replies})
         return result
 
 

@@ -27,6 +27,7 @@ class SearchResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     where: str | None = None
     pipeline: list[str] = field(default_factory=list)  # the stages that ran, described (retrieval/pipeline.py)
+    transforms: list[dict] = field(default_factory=list)  # route / self-query / transforms' output (before.py)
 
 
 def parse_filters(items: list[str] | dict[str, str] | None) -> dict[str, str]:
@@ -126,14 +127,19 @@ def search(
     rrf_k: int = 60,
     filters: dict[str, str] | None = None,
     query_vector=None,
+    sources: list[str] | None = None,
 ) -> SearchResult:
-    """`query_vector` replaces embedding `query` (HyDE, or a benchmark that embeds queries in batches)."""
+    """`query_vector` replaces embedding `query` (HyDE, or a benchmark that embeds queries in batches).
+    `sources`: source globs, any of which may match (a routed collection), ANDed with `filters`."""
     if not query.strip():
         raise TwinError("empty query")
     result = SearchResult(hits=[])
     t = time.perf_counter()
     result.where = filters_to_where(filters or {}, store)
-    if filters:
+    if sources:
+        either = " OR ".join(f"({_glob_to_like('source', g)})" for g in sources)
+        result.where = f"({either})" if result.where is None else f"{result.where} AND ({either})"
+    if filters or sources:
         result.timings["filter"] = time.perf_counter() - t
     depth = max(candidates, k) if mode == "hybrid" else k
     if mode in ("dense", "hybrid"):
