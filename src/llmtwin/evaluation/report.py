@@ -188,3 +188,106 @@ def render_report(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             out.append("</div>")
     out.append("</body></html>")
     return "\n".join(out)
+
+
+# ---- the RAG run report (`twin eval rag`) --------------------------------------------------------------
+_TRIAD = ("context_relevance", "groundedness", "answer_relevance")
+
+
+def _judge_box(summary: dict[str, Any]) -> str:
+    """How far to trust the judge, shown next to its scores."""
+    judge = summary.get("judge", {})
+    if summary.get("triad_method") != "llm":
+        return "<p class='meta'>Triad scored with the deterministic fallbacks (no LLM judge): content-word overlap and embedding cosine.</p>"
+    a = summary.get("judge_agreement")
+    head = (f"judge <code>{escape(str(judge.get('model')))}</code> · scoring {escape(str(judge.get('method')))}"
+            f" · temperature {judge.get('temperature')} · samples {judge.get('samples')}")
+    if not a:
+        note = summary.get("judge_agreement_note") or "not measured"
+        return f"<div class='card warn'><b>Judge trust:</b> {head}<br>agreement with labelled pairs: <b>{escape(note)}</b></div>"
+    return (
+        f"<div class='card'><b>Judge trust:</b> {head}<br>on {a['pairs']} labelled pairs "
+        f"(<code>{escape(_file_name(a.get('dataset', '')))}</code>, both orders each): pairwise accuracy "
+        f"<b>{_fmt(a['accuracy'], 3)}</b> (ties as half: {_fmt(a['accuracy_ties_half'], 3)}; order-averaged probabilities: "
+        f"{_fmt(a.get('accuracy_debiased'), 3)}) · position consistency "
+        f"<b>{_fmt(a['position_consistency'], 3)}</b> · tie rate {_fmt(a['tie_rate'], 3)} · picks the first position "
+        f"{_fmt(a['first_position_rate'], 3)} of the time · parse failures {a['parse_failures']}"
+        f"<br><span class='meta'>measured {escape(a.get('created', ''))}; a judge near 0.5 accuracy is no better than a coin: "
+        f"read its scores as weak signals.</span></div>"
+    )
+
+
+def _file_name(path: str) -> str:
+    """The last part of a path."""
+    return path.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def render_rag_report(summary: dict[str, Any]) -> str:
+    title = f"RAG evaluation {summary['run_id']}"
+    ds = summary["dataset"]
+    out = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{escape(title)}</title><style>{_CSS}.warn{{border-color:#e0b252;background:#fff8e6}}"
+        ".ans{margin:6px 0;padding:6px 8px;background:#f3f0ff;border-left:3px solid #6b59c9}"
+        ".claim{font-size:13px;margin:2px 0}.ok{color:#17603a}.bad{color:#a52a2a}</style></head><body>",
+        f"<h1>{escape(title)}</h1>",
+        "<p class='meta'>"
+        f"dataset <code>{escape(ds['path'])}</code> ({ds['questions']} questions: {ds['answerable']} answerable, "
+        f"{ds['unanswerable']} unanswerable; {ds['failed_lines']} unusable lines) · LLM <code>{escape(str(summary['models']['llm']))}</code> · "
+        f"embedder <code>{escape(str(summary['models']['embedder']))}</code> · retrieval {escape(str(summary['retrieval'].get('mode')))}, "
+        f"k={summary['retrieval'].get('k')} · "
+        f"store version {summary.get('store_version')} · config {escape(str(summary.get('config_hash')))} · {escape(summary.get('created', ''))}</p>",
+        f"<p class='meta'>{summary['abstained']} abstentions · {summary['no_claims']} answers without claims · "
+        f"{summary['errors']} errors · {summary['judge_failures']} judge calls without a verdict (fallback used). "
+        f"Conventions: {escape(summary.get('conventions', ''))}.</p>",
+        _judge_box(summary),
+    ]
+    metrics = summary["metrics"]
+    conf = next(iter(metrics.values()))["confidence"] if metrics else 0.95
+    methods = summary.get("triad_methods", {})
+    out.append(f"<h2>Metrics (mean and {conf:.0%} bootstrap CI)</h2><table><tr><th>metric</th><th>mean</th><th>CI</th><th>n</th><th>method</th></tr>")
+    order = list(_TRIAD) + ["em", "f1", "contains", "false_abstention", "abstention", "context_hit", "context_mrr"]
+    for name in [n for n in order if n in metrics] + [n for n in metrics if n not in order]:
+        m = metrics[name]
+        out.append(f"<tr><td>{escape(name)}</td><td>{_fmt(m['value'])}</td><td class='meta'>[{_fmt(m['low'], 3)}, {_fmt(m['high'], 3)}]</td>"
+                   f"<td>{m['n']}</td><td class='meta'>{escape(methods.get(name, 'against the labels' if name not in _TRIAD else ''))}</td></tr>")
+    out.append("</table>")
+
+    out.append("<h2>Score distributions (questions per bin; a bin is labelled by its lower edge)</h2><div class='grid'>")
+    for name, values in summary.get("distributions", {}).items():
+        if values:
+            labels, counts = histogram(values)
+            out.append(f"<div class='card'>{bar_chart(labels, counts, name, color='#3b7dd8' if name in _TRIAD else '#2e9d5b')}</div>")
+    out.append("</div>")
+
+    per_stage = summary.get("timings", {}).get("per_question_ms", {})
+    if per_stage:
+        out.append("<h2>Latency per stage</h2>")
+        out.append(f"<div class='card'>{hbar_chart([(n, v['p50'] / 1000, v['p95'] / 1000) for n, v in per_stage.items()], 'latency per question (s)', unit='s')}</div>")
+        out.append(f"<p class='meta'>whole run {_fmt(summary['timings'].get('total_s'), 1)} s (judge included)</p>")
+
+    worst = summary.get("worst", [])
+    if worst:
+        out.append(f"<h2>Worst {len(worst)} questions (lowest mean of F1 / abstention / triad) with their retrieved context</h2>")
+        for ex in worst:
+            t = ex["triad"]
+            gold = "unanswerable" if ex["answerable"] is False else (ex["gold"] if ex["gold"] is not None else "–")
+            scores = " · ".join(f"{n.replace('_', ' ')} {_fmt(t.get(n), 3)}" for n in _TRIAD)
+            extra = " · ".join(f"{n} {_fmt(v, 3)}" for n, v in ex["metrics"].items() if n not in _TRIAD)
+            out.append(f"<div class='ex'><div class='q'>{escape(ex['id'])}: {escape(ex['question'])}</div>"
+                       f"<div class='meta'>gold: {escape(str(gold))} · {scores}" + (f" · {escape(extra)}" if extra else "") + "</div>"
+                       f"<div class='ans'>{'<span class=tag>abstained</span> ' if ex['abstained'] else ''}{escape(ex['answer'] or '(empty)')}</div>")
+            for c in t.get("claims", []):
+                cls, mark = ("ok", "✓") if c["supported"] else ("bad", "✗")
+                out.append(f"<div class='claim {cls}'>{mark} {escape(c['text'])} <span class='meta'>({escape(c['method'])} {_fmt(c['score'], 2)})</span></div>")
+            rel = t.get("chunk_relevance", [])
+            for i, h in enumerate(ex["context"]):
+                cls = "hit rel" if h["relevant"] else "hit"
+                tag = "<span class='tag rel'>gold</span>" if h["relevant"] else ""
+                text = " ".join(h["text"].split())
+                r = f" · relevance {_fmt(rel[i], 2)}" if i < len(rel) else ""
+                out.append(f"<div class='{cls}'><div class='h'>#{h['rank']} · {escape(h['doc_id'])}{r} "
+                           f"<span class='tag'>{escape(h['source'])}</span>{tag}</div>{escape(text[:400])}{'…' if len(text) > 400 else ''}</div>")
+            out.append("</div>")
+    out.append("</body></html>")
+    return "\n".join(out)
