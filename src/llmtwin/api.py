@@ -103,8 +103,10 @@ class Twin:
         `retrieval` overrides `retrieval.*` fields for this request only, e.g. `{"mmr": True,
         "window": 1, "rerank": "off"}`. A given `query_vector` is used as is (no adapter).
         """
+        from llmtwin.retrieval.before import Plan, plan, search_plan, uses_before
         from llmtwin.retrieval.pipeline import Pipeline
         from llmtwin.retrieval.search import parse_filters, search
+        from llmtwin.retrieval.transforms import SubQuery
 
         cfg = self.retrieval_config(retrieval)
         mode = mode or cfg.mode
@@ -125,29 +127,45 @@ class Twin:
             return raw[0]
 
         pipeline = Pipeline(
-            cfg, k=k, query=query, store=store, embedder=self.embedder, query_vector=raw_vector, reranker=reranker
+            cfg, k=k, query=query, store=store, embedder=self.embedder, query_vector=raw_vector, reranker=reranker,
+            llm=lambda: self.llm,
         )
-        search_vector = query_vector
         adapter = self.adapter(cfg) if query_vector is None and mode != "bm25" else None
-        if search_vector is None and mode != "bm25" and (adapter is not None or pipeline.after):
-            search_vector = raw_vector()
-            if adapter is not None:
+        if uses_before(cfg):  # route → self-query → transforms, then each planned query searched and fused
+            planned = plan(cfg, query, parsed, store=store, embedder=self.embedder, llm=lambda: self.llm,
+                           query_vector=raw_vector)
+        else:
+            planned = Plan(query, parsed, [], [SubQuery(query)])
+
+        def run_one(sub: SubQuery):
+            vector = sub.vector
+            if vector is None and sub.kind == "original" and sub.text == query:
+                vector = query_vector
+            if vector is None and mode != "bm25" and (adapter is not None or pipeline.after or len(planned.queries) > 1
+                                                     or (raw and sub.text == query)):
+                vector = raw_vector() if sub.text == query else self.embedder.embed_query(sub.text)
+            if vector is not None and adapter is not None and sub.vector is None:
                 t = time.perf_counter()
-                search_vector = adapter(search_vector)
-                timings["adapter"] = time.perf_counter() - t
-        result = search(
-            store,
-            self.embedder,
-            query,
-            k=pipeline.depth,
-            mode=mode,  # type: ignore[arg-type]
-            candidates=cfg.candidates,
-            rrf_k=cfg.rrf_k,
-            filters=parsed,
-            query_vector=search_vector,
-        )
+                vector = adapter(vector)
+                timings["adapter"] = timings.get("adapter", 0.0) + time.perf_counter() - t
+            return search(
+                store,
+                self.embedder,
+                sub.text,
+                k=pipeline.depth,
+                mode=mode,  # type: ignore[arg-type]
+                candidates=cfg.candidates,
+                rrf_k=cfg.rrf_k,
+                filters=planned.filters,
+                query_vector=vector,
+                sources=planned.sources,
+            )
+
+        result = search_plan(planned, run_one, cfg.rrf_k)
         result.timings = {**timings, **result.timings}
         first = mode if adapter is None else f"{mode}+{adapter.name}"
+        if len(planned.queries) > 1:
+            first += f"×{len(planned.queries)}"
         pipeline.run(result, first)
         result.timings.update({n: v for n, v in timings.items() if n not in result.timings})  # embedded late
         return result
@@ -266,6 +284,7 @@ class Twin:
                 "filters": filters,
                 "where": result.where,
                 "pipeline": result.pipeline,
+                "transforms": result.transforms,
                 "stages": {name: hits_record(stage) for name, stage in result.stages.items()},
                 "context": [h.chunk.chunk_id for h in context],
                 "prompt": messages,
@@ -321,6 +340,8 @@ def _describe_llm(config: TwinConfig) -> str:
         return f"packaged SmolLM2-135M-Instruct (backend {c.backend})"
     if c.provider == "hf":
         return f"hf {c.path}"
+    if c.provider == "registry":
+        return f"registered model {c.model}"
     return f"openai {c.model} at {c.base_url}"
 
 

@@ -157,11 +157,16 @@ def search(
     mmr_lambda: Optional[float] = typer.Option(None, "--mmr-lambda", help="retrieval.mmr_lambda (1 = relevance only)."),
     window: Optional[int] = typer.Option(None, "--window", help="retrieval.window: sentences each side of the best sentence."),
     compress: Optional[int] = typer.Option(None, "--compress", help="retrieval.compress_tokens: context budget (0 = off)."),
+    transform: list[str] = typer.Option([], "--transform", help="retrieval.transforms (repeatable): rewrite, decompose, multi_query, hyde, step_back."),
+    route: Optional[str] = typer.Option(None, "--route", help="retrieval.route: off, embedding or llm (over retrieval.collections)."),
+    self_query: Optional[bool] = typer.Option(None, "--self-query/--no-self-query", help="retrieval.self_query: LLM-proposed filters."),
+    llm_rerank: Optional[str] = typer.Option(None, "--llm-rerank", help="retrieval.llm_rerank: off, pointwise or listwise."),
 ) -> None:
     """Search the store (hybrid dense + BM25 by default), then the configured post-retrieval stages."""
     twin = _twin({
         "retrieval.k": k, "retrieval.mode": mode,
         **_stage_flags(fetch_k, merge, rerank, rerank_top_n, mmr, mmr_lambda, window, compress),
+        **_before_flags(transform, route, self_query, llm_rerank),
     })
     result = twin.search_explain(query, filters=filters)
     if as_json:
@@ -175,11 +180,14 @@ def search(
                 "timings": result.timings,
                 "where": result.where,
                 "pipeline": result.pipeline,
+                "transforms": result.transforms,
             }
         print(json.dumps(out, indent=2, ensure_ascii=False))
         return
     if explain:
         print("── pipeline: " + " → ".join(result.pipeline))
+        for record in result.transforms:
+            _print_before(record)
         for name, stage in result.stages.items():
             ms = result.timings.get(name, 0.0) * 1000
             print(f"── {name} ({len(stage)} hits, {ms:.1f} ms)")
@@ -194,6 +202,35 @@ def search(
         text = " ".join(hit.chunk.text.split())
         print(f"{rank}. [{hit.score:.4f}] {source_label(hit)}")
         print(f"   {text[:240]}{'…' if len(text) > 240 else ''}")
+
+
+def _print_before(record: dict) -> None:
+    """One line (or a few) per pre-retrieval stage of `search --explain`: what it decided, and why."""
+    name, ms = record["name"], record.get("seconds", 0.0) * 1000
+    if name == "route":
+        scores = ", ".join(f"{n} {v:.3f}" for n, v in record["scores"].items())
+        print(f"── route ({record['method']}, {ms:.0f} ms): {record['collection'] or 'all'} — {record['reason']}"
+              + (f" [{scores}]" if scores else ""))
+    elif name == "self_query":
+        print(f"── self_query ({ms:.0f} ms): query {record['query']!r}, filters {record['filters']}"
+              + (f" — {record['note']}" if record["note"] else ""))
+        for d in record["dropped"]:
+            print(f"     dropped {d['field']}={d['value']}: {d['reason']}")
+    elif name == "llm_rerank":
+        print(f"── llm_rerank replies: {record['replies']}")
+    else:
+        print(f"── {name} ({ms:.0f} ms): " + ("fell back to the question: " + record["fallback"] if record["fallback"]
+                                          else "; ".join(f"{q['text']!r} ×{q['weight']:.2f}" for q in record["queries"])))
+
+
+def _before_flags(transform, route, self_query, llm_rerank) -> dict:
+    """Pre-retrieval and LLM-rerank flags → retrieval.* overrides (None: keep twin.yaml's)."""
+    return {
+        "retrieval.transforms": list(transform) or None,
+        "retrieval.route": route,
+        "retrieval.self_query": self_query,
+        "retrieval.llm_rerank": llm_rerank,
+    }
 
 
 def _stage_flags(fetch_k, merge, rerank, rerank_top_n, mmr, mmr_lambda, window, compress) -> dict:
@@ -217,6 +254,7 @@ def ask(
     mode: Optional[str] = typer.Option(None, "--mode", help="retrieval.mode"),
     filters: list[str] = typer.Option([], "--filter", help="KEY=VALUE, as for search."),
     max_new_tokens: Optional[int] = typer.Option(None, help="llm.max_new_tokens"),
+    model: Optional[str] = typer.Option(None, "--model", help="Answer with a registered model: NAME@ALIAS, NAME/VERSION or NAME."),
     as_json: bool = typer.Option(False, "--json", help="Print the answer as JSON (no streaming)."),
     fetch_k: Optional[int] = typer.Option(None, "--fetch-k", help="retrieval.fetch_k"),
     merge: Optional[bool] = typer.Option(None, "--merge/--no-merge", help="retrieval.merge"),
@@ -226,13 +264,29 @@ def ask(
     mmr_lambda: Optional[float] = typer.Option(None, "--mmr-lambda", help="retrieval.mmr_lambda"),
     window: Optional[int] = typer.Option(None, "--window", help="retrieval.window"),
     compress: Optional[int] = typer.Option(None, "--compress", help="retrieval.compress_tokens"),
+    transform: list[str] = typer.Option([], "--transform", help="retrieval.transforms (repeatable): rewrite, decompose, multi_query, hyde, step_back."),
+    route: Optional[str] = typer.Option(None, "--route", help="retrieval.route: off, embedding or llm (over retrieval.collections)."),
+    self_query: Optional[bool] = typer.Option(None, "--self-query/--no-self-query", help="retrieval.self_query: LLM-proposed filters."),
+    llm_rerank: Optional[str] = typer.Option(None, "--llm-rerank", help="retrieval.llm_rerank: off, pointwise or listwise."),
 ) -> None:
-    """Answer a question from the documents, citing sources as [n]."""
+    """Answer a question from the documents, citing sources by number, like \\[1]."""
     twin = _twin({
         "retrieval.k": k, "retrieval.mode": mode, "llm.max_new_tokens": max_new_tokens,
         **_stage_flags(fetch_k, merge, rerank, rerank_top_n, mmr, mmr_lambda, window, compress),
+        **_before_flags(transform, route, self_query, llm_rerank),
+        **_registry_model(model),
     })
     _answer(twin, question, filters, as_json)
+
+
+def _registry_model(model: str | None) -> dict[str, object]:
+    """--model NAME@ALIAS: llm.provider=registry on this project (see registry/load.py)."""
+    if not model:
+        return {}
+    from llmtwin.project import find_project
+
+    root = str(find_project(_state["project"]).root)
+    return {"llm.provider": "registry", "llm.model": model, "llm.path": root, "llm.backend": "auto"}
 
 
 def _answer(twin, question: str, filters: list[str], as_json: bool) -> None:
@@ -256,9 +310,10 @@ def _answer(twin, question: str, filters: list[str], as_json: bool) -> None:
 def chat(
     k: Optional[int] = typer.Option(None, "-k", help="retrieval.k"),
     filters: list[str] = typer.Option([], "--filter", help="KEY=VALUE, as for search."),
+    model: Optional[str] = typer.Option(None, "--model", help="Answer with a registered model: NAME@ALIAS, NAME/VERSION or NAME."),
 ) -> None:
     """Ask questions in a loop (empty line or Ctrl-D to quit)."""
-    twin = _twin({"retrieval.k": k})
+    twin = _twin({"retrieval.k": k, **_registry_model(model)})
     while True:
         try:
             question = input("\nyou › ").strip()
@@ -501,6 +556,27 @@ def tune_adapter(
 
 # ---- command groups from llmtwin.commands (one line each; keep module tops free of heavy imports)
 # (helpers: add your `app.add_typer(...)` / `register(...)` line here)
+from llmtwin.commands.models import models_app  # noqa: E402
+from llmtwin.commands.evaluate import register as _reg_eval; _reg_eval(eval_app)  # noqa: E402, E702
+
+app.add_typer(models_app, name="models")
+from llmtwin.commands.train import train_app  # noqa: E402
+
+app.add_typer(train_app, name="train")
+from llmtwin.commands import align_rl  # noqa: E402
+
+align_rl.register(train_app)
+from llmtwin.commands import align_pref  # noqa: E402
+
+align_pref.register(train_app)
+from llmtwin.commands.estimate import estimate_cmd  # noqa: E402
+from llmtwin.commands.model import model_app  # noqa: E402
+
+app.command("estimate")(estimate_cmd)
+app.add_typer(model_app, name="model")
+from llmtwin.commands.data import data_app  # noqa: E402
+
+app.add_typer(data_app, name="data")
 
 
 def main() -> None:

