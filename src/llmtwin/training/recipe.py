@@ -110,18 +110,21 @@ def _problems(e: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'recipe'}: {err['msg']}" for err in e.errors())
 
 
-def build_recipe(
-    kind: Literal["sft", "cpt"],
+def assemble_recipe(
+    model: type[BaseModel],
+    kind: str,
+    presets: dict[str, dict[str, Any]],
     path: Path | None = None,
     preset: str | None = None,
     overrides: list[str] | None = None,
     fields: dict[str, Any] | None = None,
-) -> SFTRecipe | CPTRecipe:
-    """preset ← YAML file ← `key=value` overrides ← explicit fields (None values skipped), validated once."""
+) -> Any:
+    """preset ← YAML file ← `field=value` overrides ← explicit fields (None skipped), validated once.
+
+    Shared by every trainer's recipe (SFT/CPT here, reward/PPO, DPO/GRPO/CAI); errors name the file and field.
+    """
     import yaml
 
-    model = SFTRecipe if kind == "sft" else CPTRecipe
-    presets = SFT_PRESETS if kind == "sft" else CPT_PRESETS
     data: dict[str, Any] = {}
     if preset is not None:
         if preset not in presets:
@@ -140,7 +143,7 @@ def build_recipe(
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise TwinError(f"--set {item!r}: expected field=value, e.g. --set r=8")
+            raise TwinError(f"--set {item!r}: expected field=value, e.g. --set lr=1e-4")
         if key.strip() not in model.model_fields:
             raise TwinError(f"--set {item!r}: unknown {kind} recipe field {key.strip()!r}")
         data[key.strip()] = yaml.safe_load(value)
@@ -149,3 +152,16 @@ def build_recipe(
         return model.model_validate(data)
     except ValidationError as e:
         raise TwinError(f"{where}: {_problems(e)}") from e
+
+
+def build_recipe(
+    kind: Literal["sft", "cpt"],
+    path: Path | None = None,
+    preset: str | None = None,
+    overrides: list[str] | None = None,
+    fields: dict[str, Any] | None = None,
+) -> SFTRecipe | CPTRecipe:
+    """An SFT or CPT recipe: preset ← YAML file ← `key=value` overrides ← explicit fields."""
+    if kind == "sft":
+        return assemble_recipe(SFTRecipe, kind, SFT_PRESETS, path, preset, overrides, fields)
+    return assemble_recipe(CPTRecipe, kind, CPT_PRESETS, path, preset, overrides, fields)

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from llmtwin.errors import TwinError
 
 
 class _RLRecipe(BaseModel):
@@ -91,10 +90,6 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def _problems(e: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'recipe'}: {err['msg']}" for err in e.errors())
-
-
 def build_rl_recipe(
     kind: Literal["reward", "ppo"],
     path: Path | None = None,
@@ -102,34 +97,8 @@ def build_rl_recipe(
     overrides: list[str] | None = None,
     fields: dict[str, Any] | None = None,
 ) -> RewardRecipe | PPORecipe:
-    """preset ← YAML file ← `field=value` overrides ← explicit fields (None skipped), validated once."""
-    import yaml
+    """A reward-model or PPO recipe: preset ← YAML file ← `field=value` overrides ← explicit fields."""
+    from llmtwin.training.recipe import assemble_recipe
 
     model = RewardRecipe if kind == "reward" else PPORecipe
-    data: dict[str, Any] = {}
-    if preset is not None:
-        if preset not in PRESETS[kind]:
-            raise TwinError(f"--preset {preset!r}: unknown {kind} preset; choose one of {', '.join(PRESETS[kind])}")
-        data.update(PRESETS[kind][preset])
-    where = "recipe"
-    if path is not None:
-        where = str(path)
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise TwinError(f"{path}: cannot read recipe: {e}") from e
-        if not isinstance(loaded, dict):
-            raise TwinError(f"{path}: expected a mapping of recipe fields at the top level")
-        data.update(loaded)
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise TwinError(f"--set {item!r}: expected field=value, e.g. --set beta=0.1")
-        if key.strip() not in model.model_fields:
-            raise TwinError(f"--set {item!r}: unknown {kind} recipe field {key.strip()!r}")
-        data[key.strip()] = yaml.safe_load(value)
-    data.update({k: v for k, v in (fields or {}).items() if v is not None})
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise TwinError(f"{where}: {_problems(e)}") from e
+    return assemble_recipe(model, kind, PRESETS[kind], path, preset, overrides, fields)
