@@ -26,10 +26,8 @@ from typing import Any
 from llmtwin.errors import TwinError
 from llmtwin.training import run_dir as runs
 from llmtwin.training.recipe_pref import DPORecipe
+from llmtwin.training.records import as_messages, read_records
 from llmtwin.training.sft import TrainResult
-
-ROLES = ("system", "user", "assistant")
-
 
 # ---------------------------------------------------------------- preference data
 
@@ -42,51 +40,24 @@ class PrefData:
     split: str = "file"  # "file" (a validation file) or "held out N of train"
 
 
-def _as_messages(value: object, key: str, role: str) -> list[dict]:
-    """Messages from a conversational list, or a plain string (then one message of `role`)."""
-    if isinstance(value, str):
-        if not value.strip():
-            raise ValueError(f"{key}: empty")
-        return [{"role": role, "content": value}]
-    if not isinstance(value, list) or not value:
-        raise ValueError(f"{key}: expected a string or a non-empty list of messages")
-    out = []
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise ValueError(f"{key}[{i}]: expected {{'role': system|user|assistant, 'content': str}}")
-        out.append({"role": m["role"], "content": m["content"]})
-    return out
+def _pair_row(obj: dict) -> dict:
+    for key in ("prompt", "chosen", "rejected"):
+        if key not in obj:
+            raise ValueError(f"{key}: missing")
+    row = {"prompt": as_messages(obj["prompt"], "prompt", "user"),
+           "chosen": as_messages(obj["chosen"], "chosen", "assistant"),
+           "rejected": as_messages(obj["rejected"], "rejected", "assistant")}
+    for key in ("chosen", "rejected"):
+        if row[key][-1]["role"] != "assistant":
+            raise ValueError(f"{key}: the last message must be the assistant's")
+    if row["chosen"] == row["rejected"]:
+        raise ValueError("chosen and rejected are the same")
+    return row
 
 
 def read_pairs(path: Path) -> tuple[list[dict], list[str]]:
     """(rows {prompt, chosen, rejected} as messages, bad lines 'file:line: reason'); strings are accepted too."""
-    rows, bad = [], []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise TwinError(f"{path}: cannot read: {e}") from e
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-            if not isinstance(obj, dict):
-                raise ValueError("expected a JSON object")
-            for key in ("prompt", "chosen", "rejected"):
-                if key not in obj:
-                    raise ValueError(f"{key}: missing")
-            row = {"prompt": _as_messages(obj["prompt"], "prompt", "user"),
-                   "chosen": _as_messages(obj["chosen"], "chosen", "assistant"),
-                   "rejected": _as_messages(obj["rejected"], "rejected", "assistant")}
-            for key in ("chosen", "rejected"):
-                if row[key][-1]["role"] != "assistant":
-                    raise ValueError(f"{key}: the last message must be the assistant's")
-            if row["chosen"] == row["rejected"]:
-                raise ValueError("chosen and rejected are the same")
-            rows.append(row)
-        except ValueError as e:
-            bad.append(f"{path}:{n}: {e}")
-    return rows, bad
+    return read_records(path, _pair_row, "pairs")
 
 
 def load_pref_data(recipe: DPORecipe, project_root: Path | None) -> PrefData:

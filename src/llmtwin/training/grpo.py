@@ -27,38 +27,27 @@ from typing import Any
 from llmtwin.errors import TwinError
 from llmtwin.training import run_dir as runs
 from llmtwin.training.recipe_pref import GRPORecipe
+from llmtwin.training.records import as_messages, read_records
 from llmtwin.training.sft import TrainResult
 
 # ---------------------------------------------------------------- prompts
 
+def _prompt_row(obj: dict) -> dict[str, Any]:
+    if "prompt" not in obj:
+        raise ValueError("prompt: missing")
+    row: dict[str, Any] = {"prompt": as_messages(obj["prompt"], "prompt", "user")}
+    for key, value in obj.items():
+        if key in ("prompt", "completion", "chosen", "rejected"):
+            continue
+        if isinstance(value, list):  # e.g. tests as a list of assert lines
+            value = "\n".join(map(str, value))
+        row[key] = value if isinstance(value, str) else json.dumps(value)
+    return row
+
+
 def read_prompts(path: Path) -> tuple[list[dict], list[str]]:
     """Rows {"prompt": [messages], other columns as strings}; a text prompt becomes one user message."""
-    from llmtwin.training.dpo import _as_messages
-
-    rows, bad = [], []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise TwinError(f"{path}: cannot read: {e}") from e
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-            if not isinstance(obj, dict):
-                raise ValueError("expected a JSON object")
-            if "prompt" not in obj:
-                raise ValueError("prompt: missing")
-            row: dict[str, Any] = {"prompt": _as_messages(obj["prompt"], "prompt", "user")}
-            for key, value in obj.items():
-                if key in ("prompt", "completion", "chosen", "rejected"):
-                    continue
-                if isinstance(value, list):  # e.g. tests as a list of assert lines
-                    value = "\n".join(map(str, value))
-                row[key] = value if isinstance(value, str) else json.dumps(value)
-            rows.append(row)
-        except ValueError as e:
-            bad.append(f"{path}:{n}: {e}")
+    rows, bad = read_records(path, _prompt_row, "prompts")
     keys = {k for r in rows for k in r}
     for r in rows:  # datasets needs every column in every row
         for k in keys:

@@ -29,6 +29,7 @@ from typing import Any
 
 from llmtwin.errors import TwinError
 from llmtwin.training.recipe_rl import PPORecipe
+from llmtwin.training.records import as_messages, read_records
 
 Reward = Callable[[list[str], list[str], dict[str, list]], list[float]]
 StepCallback = Callable[[int, int, dict[str, float]], None]
@@ -58,43 +59,18 @@ class PPOResult:
 
 # ---------------------------------------------------------------- prompts
 
-def _prompt_messages(value: Any) -> list[dict[str, str]]:
-    if isinstance(value, str) and value.strip():
-        return [{"role": "user", "content": value}]
-    if isinstance(value, list) and value:
-        out = []
-        for i, m in enumerate(value):
-            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
-                raise ValueError(f"prompt[{i}]: expected {{'role': system|user|assistant, 'content': str}}")
-            out.append({"role": m["role"], "content": m["content"]})
-        return out
-    raise ValueError("prompt: expected a non-empty string or list of messages")
+def _prompt_row(obj: Any) -> PromptRow:
+    if isinstance(obj, str):
+        return PromptRow(as_messages(obj, "prompt", "user"))
+    extras = {k: v for k, v in obj.items() if k not in ("prompt", "completion", "chosen", "rejected")}
+    return PromptRow(as_messages(obj.get("prompt"), "prompt", "user"), extras)
 
 
 def read_prompts(path: Path) -> tuple[list[PromptRow], list[str]]:
     """Prompts from JSONL: `{"prompt": [messages] | "text", ...extras}` or a bare JSON string per line.
 
     Returns (rows, bad lines as 'file:line: reason'); a bad line is skipped, the rest go on."""
-    rows, bad = [], []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise TwinError(f"{path}: cannot read prompts: {e}") from e
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-            if isinstance(obj, str):
-                rows.append(PromptRow(_prompt_messages(obj)))
-            elif isinstance(obj, dict):
-                extras = {k: v for k, v in obj.items() if k not in ("prompt", "completion", "chosen", "rejected")}
-                rows.append(PromptRow(_prompt_messages(obj.get("prompt")), extras))
-            else:
-                raise ValueError("expected a JSON object or string")
-        except ValueError as e:
-            bad.append(f"{path}:{n}: {e}")
-    return rows, bad
+    return read_records(path, _prompt_row, "prompts", strings=True)
 
 
 # ---------------------------------------------------------------- rollouts

@@ -8,7 +8,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
-
 class _RLRecipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -25,6 +25,7 @@ from typing import Any, overload
 
 from llmtwin.errors import TwinError
 from llmtwin.training.recipe_rl import RewardRecipe
+from llmtwin.training.records import as_messages, read_records
 
 StepCallback = Callable[[int, int, dict[str, float]], None]
 
@@ -47,15 +48,6 @@ class RewardResult:
 
 # ---------------------------------------------------------------- data
 
-def _prompt(value: Any) -> list[dict[str, str]]:
-    if isinstance(value, str) and value.strip():
-        return [{"role": "user", "content": value}]
-    if isinstance(value, list) and value and all(isinstance(m, dict) and isinstance(m.get("content"), str)
-                                                 and m.get("role") in ("system", "user", "assistant") for m in value):
-        return [{"role": m["role"], "content": m["content"]} for m in value]
-    raise ValueError("prompt: expected a string or a non-empty list of {role, content} messages")
-
-
 def _answer(value: Any, key: str) -> str:
     if isinstance(value, str):
         return value
@@ -66,32 +58,22 @@ def _answer(value: Any, key: str) -> str:
     raise ValueError(f"{key}: expected a string or a list of messages ending with the assistant's")
 
 
+def _pair(obj: dict) -> Pair:
+    for key in ("prompt", "chosen", "rejected"):
+        if key not in obj:
+            raise ValueError(f"missing field {key!r}")
+    pair = Pair(as_messages(obj["prompt"], "prompt", "user"), _answer(obj["chosen"], "chosen"),
+                _answer(obj["rejected"], "rejected"))
+    if pair.chosen == pair.rejected:
+        raise ValueError("chosen and rejected are the same text")
+    return pair
+
+
 def read_pairs(path: Path) -> tuple[list[Pair], list[str]]:
     """Preference pairs from JSONL (`{"prompt", "chosen", "rejected"}`, conversational or plain strings).
 
     Returns (pairs, bad lines as 'file:line: reason'); a bad line is skipped."""
-    pairs, bad = [], []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise TwinError(f"{path}: cannot read pairs: {e}") from e
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-            if not isinstance(obj, dict):
-                raise ValueError("expected a JSON object")
-            for key in ("prompt", "chosen", "rejected"):
-                if key not in obj:
-                    raise ValueError(f"missing field {key!r}")
-            pair = Pair(_prompt(obj["prompt"]), _answer(obj["chosen"], "chosen"), _answer(obj["rejected"], "rejected"))
-            if pair.chosen == pair.rejected:
-                raise ValueError("chosen and rejected are the same text")
-            pairs.append(pair)
-        except ValueError as e:
-            bad.append(f"{path}:{n}: {e}")
-    return pairs, bad
+    return read_records(path, _pair, "pairs")
 
 
 # ---------------------------------------------------------------- the scorer

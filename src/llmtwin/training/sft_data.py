@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmtwin.errors import TwinError
-
-ROLES = ("system", "user", "assistant")
+from llmtwin.training.records import as_messages, read_records
 
 
 @dataclass
@@ -33,39 +32,17 @@ def file_hash(*paths: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def _messages(value: object, where: str, key: str) -> list[dict]:
-    if not isinstance(value, list) or not value:
-        raise ValueError(f"{key}: expected a non-empty list of messages")
-    out = []
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise ValueError(f"{key}[{i}]: expected {{'role': system|user|assistant, 'content': str}}")
-        out.append({"role": m["role"], "content": m["content"]})
-    return out
+def _sft_row(obj: dict) -> dict:
+    prompt = as_messages(obj.get("prompt"), "prompt")
+    completion = as_messages(obj.get("completion"), "completion")
+    if completion[-1]["role"] != "assistant":
+        raise ValueError("completion: the last message must be the assistant's")
+    return {"prompt": prompt, "completion": completion}
 
 
 def read_rows(path: Path) -> tuple[list[dict], list[str]]:
     """(rows with only prompt/completion, bad lines as 'file:line: reason')."""
-    rows, bad = [], []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise TwinError(f"{path}: cannot read: {e}") from e
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-            if not isinstance(obj, dict):
-                raise ValueError("expected a JSON object")
-            prompt = _messages(obj.get("prompt"), f"{path}:{n}", "prompt")
-            completion = _messages(obj.get("completion"), f"{path}:{n}", "completion")
-            if completion[-1]["role"] != "assistant":
-                raise ValueError("completion: the last message must be the assistant's")
-            rows.append({"prompt": prompt, "completion": completion})
-        except ValueError as e:  # json.JSONDecodeError is a ValueError
-            bad.append(f"{path}:{n}: {e}")
-    return rows, bad
+    return read_records(path, _sft_row)
 
 
 def resolve_dataset(ref: str, project_root: Path | None) -> tuple[Path, Path | None]:
