@@ -326,7 +326,7 @@ def train_reward(
         optimizer.step()
         done, last_loss = step, float(loss.detach())
         row = {"step": step, "loss": last_loss, "accuracy": float((rc > rr).float().mean()),
-               "margin": float((rc - rr).mean()), "grad_norm": float(grad_norm),
+               "margin": float((rc - rr).detach().mean()), "grad_norm": float(grad_norm),
                "seconds": time.perf_counter() - t0}
         if held and recipe.eval_every and step % recipe.eval_every == 0 and step != steps:
             ev = pairwise_accuracy(model, tokenizer, held, recipe.max_len)
