@@ -118,28 +118,38 @@ def _timed(name: str, run) -> Transform:
 
 # -- the transforms ---------------------------------------------------------------------------------
 
-def rewrite(question: str, llm: LLM, max_new_tokens: int = 48) -> Transform:
+def _unusable(text: str, question: str) -> str | None:
+    """Why an LLM-written query cannot be searched (junk, or the question again); None when it can."""
+    reason = junk_reason(text, question)
+    if reason is None and text.lower().strip(" ?") == question.lower().strip(" ?"):
+        reason = "same as the question"
+    return reason
+
+
+def _one_query(kind: str, prompt: str, question: str, weight: float, llm: LLM, max_new_tokens: int) -> Transform:
+    """A transform whose LLM writes one query (rewrite, step-back): its first line, or the reason it is unusable."""
     def run() -> Transform:
-        raw = ask_llm(llm, "Rewrite this question as a short, clear search query. Drop corrections, "
-                           f"hesitations and repeated words.\nQuestion: {question}\nQuery:", max_new_tokens, stop=["\n\n"])
+        raw = ask_llm(llm, prompt, max_new_tokens, stop=["\n\n"])
         lines = parse_lines(raw, 1)
         text = lines[0] if lines else ""
-        reason = junk_reason(text, question)
-        if reason is None and text.lower().strip(" ?") == question.lower().strip(" ?"):
-            reason = "same as the question"
+        reason = _unusable(text, question)
         if reason:
-            return Transform("rewrite", [], raw, reason)
-        return Transform("rewrite", [SubQuery(text, 1.0, "rewrite")], raw)
+            return Transform(kind, [], raw, reason)
+        return Transform(kind, [SubQuery(text, weight, kind)], raw)
 
-    return _timed("rewrite", run)
+    return _timed(kind, run)
+
+
+def rewrite(question: str, llm: LLM, max_new_tokens: int = 48) -> Transform:
+    return _one_query("rewrite", "Rewrite this question as a short, clear search query. Drop corrections, "
+                      f"hesitations and repeated words.\nQuestion: {question}\nQuery:", question, 1.0, llm, max_new_tokens)
 
 
 def decompose(question: str, llm: LLM, max_new_tokens: int = 48, limit: int = 3) -> Transform:
     def run() -> Transform:
         raw = ask_llm(llm, "Split this question into simpler questions, one per line. If it is already "
                            f"simple, repeat it.\nQuestion: {question}\nQuestions:", max_new_tokens)
-        subs = [s for s in parse_lines(raw, limit) if junk_reason(s, question) is None]
-        subs = [s for s in subs if s.lower().strip(" ?") != question.lower().strip(" ?")]
+        subs = [s for s in parse_lines(raw, limit) if _unusable(s, question) is None]
         if not subs:
             return Transform("decompose", [], raw, "no usable sub-question")
         weight = 1.0 / len(subs)  # together the sub-questions count as much as the question
@@ -152,8 +162,7 @@ def multi_query(question: str, llm: LLM, n: int = 3, max_new_tokens: int = 48) -
     def run() -> Transform:
         raw = ask_llm(llm, f"Write {n} different ways to ask this question, one per line.\n"
                            f"Question: {question}\nQuestions:", max_new_tokens * max(1, (n + 1) // 2))
-        found = [s for s in parse_lines(raw, n + 1) if junk_reason(s, question) is None]
-        found = [s for s in found if s.lower().strip(" ?") != question.lower().strip(" ?")][:n]
+        found = [s for s in parse_lines(raw, n + 1) if _unusable(s, question) is None][:n]
         if not found:
             return Transform("multi_query", [], raw, "no usable paraphrase")
         return Transform("multi_query", [SubQuery(s, 1.0 / len(found), "multi_query") for s in found], raw)
@@ -162,19 +171,8 @@ def multi_query(question: str, llm: LLM, n: int = 3, max_new_tokens: int = 48) -
 
 
 def step_back(question: str, llm: LLM, max_new_tokens: int = 48) -> Transform:
-    def run() -> Transform:
-        raw = ask_llm(llm, "Write a more general question about the topic behind this question.\n"
-                           f"Question: {question}\nGeneral question:", max_new_tokens, stop=["\n\n"])
-        lines = parse_lines(raw, 1)
-        text = lines[0] if lines else ""
-        reason = junk_reason(text, question)
-        if reason is None and text.lower().strip(" ?") == question.lower().strip(" ?"):
-            reason = "same as the question"
-        if reason:
-            return Transform("step_back", [], raw, reason)
-        return Transform("step_back", [SubQuery(text, 0.5, "step_back")], raw)
-
-    return _timed("step_back", run)
+    return _one_query("step_back", "Write a more general question about the topic behind this question.\n"
+                      f"Question: {question}\nGeneral question:", question, 0.5, llm, max_new_tokens)
 
 
 def hyde(question: str, llm: LLM, embed, *, query_vector, mode: str = "average",
