@@ -215,6 +215,9 @@ async def run(args) -> dict:
                 lat, st = await search_load(client, search_qs[:n], clients)
                 out["phases"].append(summary(lat, time.perf_counter() - t, st, f"search, {clients} client(s)"))
 
+            if args.search_only:
+                out["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
+                return out
             # a lone chat, several times: time to first token against its retrieval time
             lone = []
             for q in warm_qs[20:20 + args.lone]:
@@ -272,6 +275,7 @@ def main() -> None:
     ap.add_argument("--chats", type=int, default=20)
     ap.add_argument("--lone", type=int, default=5, help="sequential chats for time to first token")
     ap.add_argument("--chat-tokens", type=int, default=32)
+    ap.add_argument("--search-only", action="store_true", help="only the /v1/search phases")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "serve_load.json")
     args = ap.parse_args()
     if args.build:
@@ -282,7 +286,9 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(markdown(result))
-    lone = next(p for p in result["phases"] if p["name"].startswith("lone streaming chat (sequential)"))
+    lone = next((p for p in result["phases"] if p["name"].startswith("lone streaming chat (sequential)")), None)
+    if lone is None:
+        return
     print(f"\n{result['chunks']} chunks, {result['cores']} cores, load average {result['loadavg_1m_before']} → "
           f"{result['loadavg_1m_after']}; lone chat: retrieval p50 "
           f"{lone['retrieval_p50_ms']} ms, TTFT − retrieval max {lone['ttft_minus_retrieval_max_ms']} ms")

@@ -187,6 +187,35 @@ def test_embedder_shapes_order_and_ranking(embedder):
     assert embedder.embed_passages([]).shape == (0, 384)
 
 
+def test_onnx_query_vectors_equal_torch(embedder, tmp_path, monkeypatch):
+    """Queries run on ONNX Runtime (the same weights, exported once, cached atomically); their vectors
+    equal PyTorch's for the same text — the stored passages were embedded with PyTorch."""
+    assert embedder.query_runtime == "onnx" and not embedder.batch_queries
+    texts = ["Which tower stands in Paris?", "what is the um no sorry the capital of France",
+             "naïve café ☕ " * 3, "x " * 400]  # the last is cut at the model's 256 tokens, like torch cuts it
+    onnx = np.stack([embedder.embed_query(t) for t in texts])
+    torch_ = embedder._encode(texts)
+    assert onnx.dtype == np.float32 and np.allclose(np.linalg.norm(onnx, axis=1), 1.0, atol=1e-5)
+    assert float(np.min(np.sum(onnx * torch_, axis=1))) > 0.99999
+    path = embedder._onnx.path
+    assert path.is_file() and path.parent.parent.name == "onnx" and not list(path.parent.glob(".tmp-*"))
+
+
+def test_query_runtime_torch_and_a_clear_error(tmp_path):
+    from llmtwin.config import EmbedderConfig
+    from llmtwin.models.get import get_embedder
+
+    torch_embedder = get_embedder(EmbedderConfig(query_runtime="torch"))
+    assert torch_embedder.query_runtime == "torch" and torch_embedder.batch_queries
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(torch_embedder.model_dir, copy)
+    (copy / "tokenizer.json").unlink()
+    with pytest.raises(TwinError, match="query_runtime=onnx: .* has no tokenizer.json"):
+        get_embedder(EmbedderConfig(provider="hf", path=str(copy), query_runtime="onnx"))
+
+
 def test_embedder_count_tokens(embedder):
     texts = ["Hello world!", "naïve café", "supercalifragilistic", "x " * 600]
     counts = embedder.count_tokens(texts)

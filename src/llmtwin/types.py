@@ -55,8 +55,11 @@ class Section:
     text: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class Chunk:
+    """Frozen: the store's in-memory copy hands the same objects to every search; a stage that
+    changes a chunk (window, compress, merge) makes a new one with `dataclasses.replace`."""
+
     chunk_id: str
     doc_id: str
     source: str

@@ -66,6 +66,7 @@ class SentenceTransformerEmbedder:
         query_prefix: str = "",
         passage_prefix: str = "",
         name: str,
+        query_runtime: str = "auto",
     ):
         from llmtwin.models.packaged import quiet_transformers, set_offline
 
@@ -96,6 +97,46 @@ class SentenceTransformerEmbedder:
             from llmtwin.feature.chunk import hf_token_counter
 
             self.count_tokens = hf_token_counter(tokenizer_json)  # type: ignore[method-assign]
+        self.query_runtime = self._pick_query_runtime(query_runtime, tokenizer_json.exists())
+        self._onnx = None
+        self._onnx_lock = threading.Lock()
+
+    def _pick_query_runtime(self, wanted: str, has_tokenizer_json: bool) -> str:
+        """"onnx" (models/onnx_query.py) or "torch"; `wanted` onnx fails loudly where it cannot run."""
+        if wanted == "torch":
+            return "torch"
+        from llmtwin.models import onnx_query
+
+        reason = ""
+        if not onnx_query.available():
+            reason = "onnxruntime and onnx are not installed (`pip install onnxruntime onnx`)"
+        elif not has_tokenizer_json:
+            reason = f"{self.model_dir} has no tokenizer.json"
+        else:
+            pooling, _, reason = onnx_query.pooling_of(self.model)
+        if not reason:
+            return "onnx"
+        if wanted == "onnx":
+            raise TwinError(f"embedder.query_runtime=onnx: {reason}")
+        log.debug("query embeddings on torch: %s", reason)
+        return "torch"
+
+    def _onnx_encoder(self):
+        if self._onnx is None:
+            with self._onnx_lock:
+                if self._onnx is None:
+                    from llmtwin.models import onnx_query
+
+                    pooling, normalise, _ = onnx_query.pooling_of(self.model)
+                    with self._lock:  # the export runs the torch model
+                        self._onnx = onnx_query.OnnxQueryEncoder(
+                            self.model, self.model_dir, self.max_tokens, pooling, normalise)
+        return self._onnx
+
+    @property
+    def batch_queries(self) -> bool:
+        """Whether concurrent queries are cheaper embedded as one padded batch (torch) or one by one (onnx)."""
+        return self.query_runtime == "torch"
 
     def __repr__(self) -> str:
         return f"SentenceTransformerEmbedder(name={self.name!r}, dim={self.dim})"
@@ -122,6 +163,8 @@ class SentenceTransformerEmbedder:
         return self._encode([self.passage_prefix + t for t in texts])
 
     def embed_query(self, text: str) -> np.ndarray:
+        if self.query_runtime == "onnx":
+            return _normalise(self._onnx_encoder().encode(self.query_prefix + text))[0]
         return self._encode([self.query_prefix + text])[0]
 
     def count_tokens(self, texts: list[str]) -> list[int]:

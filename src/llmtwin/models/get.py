@@ -140,6 +140,7 @@ def _build_embedder(cfg: EmbedderConfig) -> Embedder:
         query_prefix=cfg.query_prefix,
         passage_prefix=cfg.passage_prefix,
         name=name,
+        query_runtime=cfg.query_runtime,
     )
 
 

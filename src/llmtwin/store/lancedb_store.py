@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -305,10 +305,10 @@ class LanceStore:
 
     # -- search ----------------------------------------------------------------
     def dense_search(self, vector: np.ndarray, limit: int, where: str | None = None) -> list[Hit]:
-        """Exact cosine search: in memory when the table fits the cache and no filter applies."""
-        cache = None if where else self._memory()
+        """Exact cosine search: in memory when the table fits the cache (a filter is a row mask)."""
+        cache = self._memory()
         if cache is not None:
-            return cache.dense(np.asarray(vector, dtype=np.float32), limit)
+            return cache.dense(np.asarray(vector, dtype=np.float32), limit, self._allowed(cache, where))
         query = (
             self.chunks.search(vector, vector_column_name="vector")
             .distance_type("cosine")
@@ -322,24 +322,38 @@ class LanceStore:
         ]
 
     def text_search(self, query: str, limit: int, where: str | None = None) -> list[Hit]:
-        """BM25 over the LanceDB full-text index; rows come from the memory cache when it holds them."""
-        if not query.strip() or not self._has_fts():
+        """BM25: in memory (store/bm25.py) when the table fits the cache, else the LanceDB FTS index."""
+        if not query.strip():
             return []
         cache = self._memory()
-        columns = ["chunk_id", "_score"] if cache is not None else _HIT_COLUMNS + ["_score"]
+        if cache is not None:
+            return cache.text(query, limit, self._allowed(cache, where))
+        if not self._has_fts():
+            return []
         try:
-            rows = self._fts(query, limit, where, columns)
+            rows = self._fts(query, limit, where, _HIT_COLUMNS + ["_score"])
         except (ValueError, RuntimeError, OSError):
             # query syntax characters (quotes, colons, brackets): search the plain words instead
             plain = " ".join("".join(c if c.isalnum() else " " for c in query).split())
-            rows = self._fts(plain, limit, where, columns) if plain else []
-        if cache is not None:
-            return [
-                Hit(replace(cache.by_id[row["chunk_id"]]), float(row["_score"]))
-                for row in rows
-                if row["chunk_id"] in cache.by_id
-            ]
+            rows = self._fts(plain, limit, where, _HIT_COLUMNS + ["_score"]) if plain else []
         return [Hit(_row_to_chunk(row), float(row["_score"])) for row in rows]
+
+    def _allowed(self, cache: _MemoryCache, where: str | None) -> np.ndarray | None:
+        """The cache rows a SQL filter lets through, as a boolean mask (None: no filter)."""
+        if not where:
+            return None
+        mask = cache.masks.get(where)
+        if mask is None:
+            ids = (
+                self.chunks.search().where(where).select(["chunk_id"]).limit(max(len(cache.chunks), 1))
+                .to_arrow().column("chunk_id").to_pylist()
+            )
+            mask = np.zeros(len(cache.chunks), dtype=bool)
+            mask[[cache.row[i] for i in ids if i in cache.row]] = True
+            if len(cache.masks) >= 64:
+                cache.masks.clear()
+            cache.masks[where] = mask
+        return mask
 
     def _fts(self, query: str, limit: int, where: str | None, columns: list[str]) -> list[dict]:
         builder = (
@@ -371,28 +385,44 @@ class LanceStore:
 
 
 class _MemoryCache:
-    """Chunk rows and a normalised vector matrix: exact search in ~1 ms at 10k chunks."""
+    """Chunk rows, a normalised vector matrix and (built on first use) a BM25 index: exact dense
+    search in ~1 ms and BM25 in well under 1 ms at 10k chunks."""
 
     def __init__(self, version: int, table: pa.Table):
         self.version = version
         rows = table.drop_columns(["vector"]).to_pylist()
         self.chunks = [_row_to_chunk(row) for row in rows]
-        self.by_id = {c.chunk_id: c for c in self.chunks}
+        self.row = {c.chunk_id: i for i, c in enumerate(self.chunks)}
         n = table.num_rows
         flat = table.column("vector").combine_chunks().flatten().to_numpy() if n else np.zeros(0, np.float32)
         matrix = flat.reshape(n, -1).astype(np.float32, copy=False)
         norms = np.linalg.norm(matrix, axis=1, keepdims=True) if n else np.ones((0, 1), np.float32)
         self.matrix = matrix / np.maximum(norms, 1e-12)
+        self.masks: dict[str, np.ndarray] = {}  # filter → allowed rows (LanceStore._allowed)
+        self._bm25 = None
+        self._bm25_lock = threading.Lock()
 
-    def dense(self, vector: np.ndarray, limit: int) -> list[Hit]:
+    def dense(self, vector: np.ndarray, limit: int, allowed: np.ndarray | None = None) -> list[Hit]:
         if not self.chunks:
             return []
         vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
         scores = self.matrix @ vector
-        limit = min(limit, len(scores))
-        top = np.argpartition(-scores, limit - 1)[:limit]
+        rows = np.arange(len(scores)) if allowed is None else np.flatnonzero(allowed)
+        limit = min(limit, len(rows))
+        if limit <= 0:
+            return []
+        top = rows[np.argpartition(-scores[rows], limit - 1)[:limit]]
         top = top[np.lexsort((top, -scores[top]))]  # by score, then table order: deterministic
-        return [Hit(replace(self.chunks[i]), float(scores[i])) for i in top]  # copies: stages may edit
+        return [Hit(self.chunks[i], float(scores[i])) for i in top]
+
+    def text(self, query: str, limit: int, allowed: np.ndarray | None = None) -> list[Hit]:
+        if self._bm25 is None:
+            with self._bm25_lock:  # concurrent first searches build it once
+                if self._bm25 is None:
+                    from llmtwin.store.bm25 import MemoryBM25
+
+                    self._bm25 = MemoryBM25(c.text for c in self.chunks)
+        return [Hit(self.chunks[i], score) for i, score in self._bm25.top(query, limit, allowed)]
 
 
 def _row_to_chunk(row: dict) -> Chunk:

@@ -1,0 +1,139 @@
+"""Query embeddings on ONNX Runtime: the same sentence-transformers weights, exported once.
+
+A search embeds one short text (≈20 tokens). There, PyTorch's per-operator overhead dominates:
+all-MiniLM-L6-v2 took 27 ms per query on one core here, the same graph on ONNX Runtime 13.7 ms,
+with vectors equal to 1e-6 (cosine ≥ 0.999999). Long passages in batches run as fast on either,
+so ingest keeps PyTorch; only `embed_query` comes here.
+
+The export covers the usual sentence-transformers layout — Transformer, Pooling (mean or CLS),
+optionally Normalize — and anything else stays on PyTorch (`supported` says why). The file is
+cached under `cache_root()/onnx/`, written to a temp name and renamed, like the LLM cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+
+
+def pooling_of(st_model) -> tuple[str | None, bool, str]:
+    """(pooling "mean"/"cls" or None if unsupported, normalise?, reason) for a SentenceTransformer."""
+    kinds = [type(m).__name__ for m in st_model]
+    if len(kinds) < 2 or kinds[0] != "Transformer" or kinds[1] != "Pooling" or any(k != "Normalize" for k in kinds[2:]):
+        return None, False, f"modules {kinds}: only Transformer → Pooling (→ Normalize) is exported"
+    pooling = st_model[1]
+    modes = getattr(pooling, "pooling_mode", None)  # sentence-transformers ≥ 6; older: get_pooling_mode_str()
+    if modes is None and hasattr(pooling, "get_pooling_mode_str"):
+        modes = pooling.get_pooling_mode_str()
+    if isinstance(modes, (list, tuple)):
+        modes = "+".join(modes)
+    if modes not in ("mean", "cls"):
+        return None, False, f"pooling {modes!r}: only mean or cls is exported"
+    return modes, len(kinds) == 3, ""
+
+
+def _key(model_dir: Path, pooling: str, normalise: bool) -> str:
+    parts = [pooling, str(normalise)]
+    for f in sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin")):
+        st = f.stat()
+        parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+
+
+def export(st_model, model_dir: Path, target: Path, pooling: str, normalise: bool) -> None:
+    """Write `st_model`'s transformer + pooling (+ normalisation) as one ONNX graph to `target`."""
+    import torch
+
+    auto = st_model[0].auto_model
+
+    class Graph(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = auto
+
+        def forward(self, input_ids, attention_mask):
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            if pooling == "cls":
+                vector = hidden[:, 0]
+            else:
+                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+                vector = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(vector, dim=-1) if normalise else vector
+
+    ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]])
+    mask = (ids != 0).long()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".tmp-{uuid.uuid4().hex[:8]}-{os.getpid()}.onnx"
+    try:
+        import warnings
+
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                Graph().eval(), (ids, mask), str(tmp),
+                input_names=["input_ids", "attention_mask"], output_names=["vector"],
+                dynamic_axes={"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
+                              "vector": {0: "batch"}},
+                opset_version=17, dynamo=False,
+            )
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class OnnxQueryEncoder:
+    """`encode(text)` → float32 (dim,) vector, one text at a time on one intra-op thread.
+
+    One thread per call is the cheapest per query (two threads cut a lone query's latency from
+    13.7 to 8.8 ms but cost 17.5 ms of CPU); concurrent calls run in parallel (ORT releases the GIL).
+    """
+
+    def __init__(self, st_model, model_dir: Path, max_tokens: int, pooling: str, normalise: bool):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        from llmtwin.models.packaged import cache_root
+
+        model_dir = Path(model_dir)
+        target = cache_root() / "onnx" / f"{model_dir.name}-{_key(model_dir, pooling, normalise)}" / "model.onnx"
+        if not target.is_file():
+            t = time.perf_counter()
+            export(st_model, model_dir, target, pooling, normalise)
+            log.info("exported %s to ONNX in %.1f s: %s", model_dir.name, time.perf_counter() - t, target)
+        self.path = target
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
+        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_tokens)
+        self._lock = threading.Lock()  # the Rust tokenizer is not to be shared across threads
+
+    def encode(self, text: str) -> np.ndarray:
+        import numpy as np
+
+        with self._lock:
+            enc = self.tokenizer.encode(text)
+        ids = np.asarray([enc.ids], dtype=np.int64)
+        mask = np.asarray([enc.attention_mask], dtype=np.int64)
+        return self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0][0].astype(np.float32, copy=False)
+
