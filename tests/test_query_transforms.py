@@ -115,6 +115,27 @@ def test_weighted_rrf_fusion_and_query_plan():
     assert [(p.text, p.kind) for p in planned] == [("q", "original")]
 
 
+def test_score_fusion_by_hand():
+    from llmtwin.retrieval.search import score_fusion
+
+    def hits(**scores):
+        return [Hit(Chunk(i, i, i, i, 0, 1), s) for i, s in scores.items()]
+
+    dense = hits(a=0.9, b=0.5, c=0.1)  # min-max: a 1, b 0.5, c 0
+    bm25 = hits(b=12.0, d=4.0)  # min-max: b 1, d 0
+    fused = score_fusion([dense, bm25], [0.5, 0.5])
+    score = {h.chunk.chunk_id: h.score for h in fused}
+    assert score == pytest.approx({"a": 0.5, "b": 0.75, "c": 0.0, "d": 0.0})
+    assert [h.chunk.chunk_id for h in fused] == ["b", "a", "c", "d"]  # ties by chunk id
+    assert fused[0].scores["relative"] == pytest.approx(0.75)  # the fused score is kept by name
+    z = {h.chunk.chunk_id: h.score for h in score_fusion([dense, bm25], [0.25, 0.75], "zscore")}
+    zd = {"a": 1.2247449, "b": 0.0, "c": -1.2247449}  # (s − mean) / std of each list; missing → its minimum
+    zb = {"b": 1.0, "d": -1.0}
+    for cid in "abcd":
+        assert z[cid] == pytest.approx(0.25 * zd.get(cid, -1.2247449) + 0.75 * zb.get(cid, -1.0), abs=1e-6)
+    assert [h.score for h in score_fusion([hits(x=3.0), []], [0.5, 0.5])] == [0.5]  # one hit: normalised to 1
+
+
 def test_search_with_transforms_records_each_stage(twin):
     result = twin.search_explain(QUESTION, k=2, retrieval={"transforms": ["rewrite", "step_back"]})
     names = [r["name"] for r in result.transforms]

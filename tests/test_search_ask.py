@@ -47,7 +47,7 @@ def test_modes_find_the_right_chunk(twin, mode):
     stages = {"hybrid": {"dense", "bm25", "fused"}, "dense": {"dense"}, "bm25": {"bm25"}}[mode]
     assert set(result.stages) == stages
     if mode == "hybrid":
-        assert {"dense", "bm25", "rrf"} <= set(top.scores) and top.score == top.scores["rrf"]
+        assert {"dense", "bm25", "relative"} <= set(top.scores) and top.score == top.scores["relative"]
     else:
         assert top.scores[mode] == top.score
     assert all(h.chunk.chunk_id in store_chunks(twin) for h in result.hits)

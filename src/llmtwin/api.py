@@ -156,6 +156,8 @@ class Twin:
                 mode=mode,  # type: ignore[arg-type]
                 candidates=cfg.candidates,
                 rrf_k=cfg.rrf_k,
+                fusion=cfg.fusion,
+                dense_weight=cfg.dense_weight,
                 filters=planned.filters,
                 query_vector=vector,
                 sources=planned.sources,

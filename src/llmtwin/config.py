@@ -72,6 +72,10 @@ class RetrievalConfig(_Section):
     mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
     k: int = Field(5, ge=1)
     candidates: int = Field(100, ge=1)  # per retriever before fusion
+    # hybrid fusion: relative = min-max normalised scores, weighted sum; zscore = z-scores, weighted
+    # sum; rrf = reciprocal ranks (Σ 1/(rrf_k + rank)). dense_weight is the dense list's share (score fusion).
+    fusion: Literal["relative", "zscore", "rrf"] = "relative"
+    dense_weight: float = Field(0.5, ge=0.0, le=1.0)
     rrf_k: int = Field(60, ge=1)
     # Post-retrieval stages (retrieval/pipeline.py), in this order: merge → rerank → mmr → top k →
     # window → compress. Each can also be set per request (Twin.search_explain(retrieval={...}), CLI flags).

@@ -131,7 +131,7 @@ class Pipeline:
 
 def first_stage_score(hit: Hit) -> float:
     """The hit's fused (or dense / BM25) score: thresholds keep their meaning after rerank or MMR."""
-    for name in ("rrf", "dense", "bm25"):
+    for name in ("relative", "zscore", "rrf", "dense", "bm25"):
         if name in hit.scores:
             return hit.scores[name]
     return hit.score
