@@ -162,6 +162,44 @@ def test_ask_cites_stored_chunks_and_traces(twin):
     assert trace["timings"]["total"] > 0
 
 
+def test_lead_quote_streams_a_cited_source_sentence_before_the_llm(twin):
+    """lead_quote (on by default for the packaged model): the first streamed text is a real source
+    sentence with its marker, sent before the LLM's first token; off: no quote leads unless it is
+    the extractive fallback."""
+    import time
+
+    from llmtwin.generation.answer import source_sentences
+
+    events = []
+    orig_stream = twin.llm.stream
+
+    def stream(*args, **kwargs):  # notes when the LLM starts (a spy on the real model, not a mock)
+        events.append(("llm", time.perf_counter()))
+        yield from orig_stream(*args, **kwargs)
+
+    twin.llm.stream = stream
+    try:
+        seen = []
+        answer = twin.ask("What do quokkas graze on at night?", on_text=lambda t: (seen.append(t), events.append(("text", t))))
+    finally:
+        del twin.llm.stream
+    assert events[0][0] == "text" and events[1][0] == "llm"  # the quote came before the model ran
+    first = seen[0]
+    m = re.match(r"^(.*?) \[(\d+)\]([.!?]?) $", first)
+    assert m, first
+    sentence, n = m.group(1) + m.group(3), int(m.group(2))
+    assert sentence.rstrip(".!?") in " ".join(source_sentences(answer.hits[n - 1].chunk.text))
+    assert answer.answer.startswith(first.strip()) and not answer.abstained
+    assert read_trace(twin.project.traces_dir, answer.trace_id)["lead_quote"] is True
+
+    twin.project.config.generation.lead_quote = "off"
+    try:
+        off = twin.ask("What do quokkas graze on at night?")
+    finally:
+        twin.project.config.generation.lead_quote = "auto"
+    assert read_trace(twin.project.traces_dir, off.trace_id)["lead_quote"] is False
+
+
 def test_ask_with_filter_matching_nothing_abstains_without_llm(twin, tmp_path):
     """No hit → the abstain text, no citation, and no LLM: one that cannot load is never touched."""
     other = Twin(twin.project.root)

@@ -475,7 +475,9 @@ def test_client_disconnect_frees_the_slot(server, http, llm_id, rag):
     while _queue(server)["running"] and time.perf_counter() - t < 10:
         time.sleep(0.05)
     freed = time.perf_counter() - t
-    assert _queue(server)["running"] == 0 and freed < 3, freed  # 1000 tokens would take far longer
+    # 1000 tokens would take ≥ 14 s; the slot is freed at the next token. With the lead quote a RAG
+    # client can hang up while the prompt is still being read (prefill, ~3 s here), which cannot stop.
+    assert _queue(server)["running"] == 0 and freed < 8, freed
     resp = http.post("/v1/chat/completions", json={"model": llm_id, "max_tokens": 4, "messages": USER})
     assert resp.status_code == 200
 

@@ -265,8 +265,10 @@ class Twin:
         overrides = {"max_new_tokens": max_new_tokens, "temperature": temperature}
         if any(v is not None for v in overrides.values()):
             llm_cfg = llm_cfg.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+        lead = gen.lead_quote == "on" or (gen.lead_quote == "auto" and self.config.llm.provider != "openai")
         generated = generate_answer(
-            question, messages, context, llm, llm_cfg, gen, self.embedder.embed_passages, on_text, cancelled
+            question, messages, context, llm, llm_cfg, gen, self.embedder.embed_passages, on_text, cancelled,
+            lead_quote=lead,
         )
         timings = {f"search.{k}": v for k, v in result.timings.items()}
         timings.update({"search": search_s, "llm_load": load_s})
@@ -294,6 +296,7 @@ class Twin:
                 "citations": [c.chunk_id for c in generated.citations],
                 "abstained": generated.abstained,
                 "extractive": generated.extractive,
+                "lead_quote": lead,
                 "dropped_unsupported": generated.dropped,
                 "timings": timings,
             },

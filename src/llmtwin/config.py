@@ -112,6 +112,9 @@ class GenerationConfig(_Section):
     min_support: float = Field(0.7, ge=0.0, le=1.0)  # share of a sentence's content words found in a source
     extractive_sentences: int = Field(2, ge=0)  # fallback answer: best source sentences (0 = abstain instead)
     extractive_min_similarity: float = Field(0.4, ge=-1.0, le=1.0)  # cosine(question, sentence) to quote it
+    # Stream the best-matching source sentence (cited) first, before the LLM's prompt prefill ends.
+    # auto: on for models run here (packaged, hf, registry: seconds of prefill on a CPU), off for endpoints.
+    lead_quote: Literal["auto", "on", "off"] = "auto"
     system_prompt: str = (
         "You answer questions using only the numbered sources given. "
         "Cite the sources you use with their numbers in square brackets, like [1]. "

@@ -162,6 +162,23 @@ def source_sentences(text: str) -> list[str]:
     return out
 
 
+def ranked_quotes(
+    question: str,
+    hits: list[Hit],
+    embed: Callable[[list[str]], np.ndarray],
+    min_similarity: float,
+) -> list[tuple[int, str, float]]:
+    """(source number, sentence, cosine to the question) of the quotable source sentences at least
+    `min_similarity` similar to the question, most similar first."""
+    candidates = [(n, s) for n, hit in enumerate(hits, start=1) for s in source_sentences(hit.chunk.text)]
+    if not candidates:
+        return []
+    vectors = embed([question] + [s for _, s in candidates])
+    similarity = vectors[1:] @ vectors[0]
+    return [(candidates[i][0], candidates[i][1], float(similarity[i]))
+            for i in np.argsort(-similarity, kind="stable") if similarity[i] >= min_similarity]
+
+
 def extractive_answer(
     question: str,
     hits: list[Hit],
@@ -170,17 +187,13 @@ def extractive_answer(
     min_similarity: float,
 ) -> str:
     """The source sentences most similar to the question, in source order, each cited."""
-    candidates = [(n, s) for n, hit in enumerate(hits, start=1) for s in source_sentences(hit.chunk.text)]
-    if not candidates or max_sentences <= 0:
+    if max_sentences <= 0:
         return ""
-    vectors = embed([question] + [s for _, s in candidates])
-    similarity = vectors[1:] @ vectors[0]
-    best = [i for i in np.argsort(-similarity)[:max_sentences] if similarity[i] >= min_similarity]
-    parts = []
-    for i in sorted(best):
-        n, sentence = candidates[i]
-        parts.append(_insert_marker(sentence, n))
-    return " ".join(parts)
+    best = ranked_quotes(question, hits, embed, min_similarity)[:max_sentences]
+    order = {(n, sentence): i for i, (n, sentence) in
+             enumerate((n, s) for n, hit in enumerate(hits, start=1) for s in source_sentences(hit.chunk.text))}
+    best.sort(key=lambda q: order[(q[0], q[1])])
+    return " ".join(_insert_marker(sentence, n) for n, sentence, _ in best)
 
 
 def generate_answer(
@@ -193,7 +206,13 @@ def generate_answer(
     embed: Callable[[list[str]], np.ndarray],
     on_text: Callable[[str], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
+    lead_quote: bool = False,
 ) -> Generated:
+    """`lead_quote`: before the LLM runs, stream the source sentence most similar to the question
+    (cited) as the answer's first sentence. A small local model needs seconds of prompt prefill
+    before its first word; the quote is real, checked content a reader sees at once, and an
+    answer whose generated sentences all fail the check keeps it (plus the next best quotes)."""
+
     def emit(text: str) -> None:
         if on_text and text:
             on_text(text)
@@ -202,6 +221,12 @@ def generate_answer(
         emit(gen_cfg.abstain_text)
         return Generated(gen_cfg.abstain_text, [], True, [])
     checker = CitationChecker(hits, gen_cfg.min_support, gen_cfg.grounded)
+    quotes = ranked_quotes(question, hits, embed, gen_cfg.extractive_min_similarity) if lead_quote else []
+    out: list[str] = []
+    if quotes:
+        n, sentence, _ = quotes[0]
+        out.append(_insert_marker(sentence, n) + " ")
+        emit(out[0])
     pieces = llm.stream(
         messages,
         max_new_tokens=llm_cfg.max_new_tokens,
@@ -211,11 +236,22 @@ def generate_answer(
     )
     if cancelled is not None:
         pieces = _until(pieces, cancelled)
-    out = []
+    generated = False
     for raw in _sentences(pieces):
         text = checker.sentence(raw)
+        if quotes and _ABSTAIN.search(text):  # the quote already answers: "I don't know" would contradict it
+            checker.dropped.append(text.strip())
+            continue
+        generated = generated or bool(text.strip())
         out.append(text)
         emit(text)
+    if quotes and not generated:  # the quote stands; add the next best ones, as the extractive answer would
+        more = [_insert_marker(s, n) for n, s, _ in quotes[1: max(gen_cfg.extractive_sentences, 1)]]
+        if more:
+            out.append(" ".join(more))
+            emit(out[-1])
+        answer = "".join(out).strip()
+        return Generated(answer, checker.citations(answer), False, checker.dropped, extractive=True)
     answer = "".join(out).strip()
     if answer and (_MARKER.search(answer) or not _ABSTAIN.search(answer)):
         return Generated(answer, checker.citations(answer), False, checker.dropped)
