@@ -34,7 +34,9 @@ DATA = ROOT.parent / "shared" / "data"
 
 OFF = {"rerank": "off", "adapter": "off"}
 CONFIGS: dict[str, dict] = {  # retrieval.* overrides, each on top of plain hybrid
-    "hybrid": {**OFF},
+    "hybrid": {**OFF},  # the default fusion: min-max score fusion, equal weights
+    "hybrid_rrf": {**OFF, "fusion": "rrf"},
+    "hybrid_zscore": {**OFF, "fusion": "zscore"},
     "bm25": {**OFF, "mode": "bm25"},
     "dense": {**OFF, "mode": "dense"},
     "merge": {**OFF, "merge": True},
@@ -43,6 +45,10 @@ CONFIGS: dict[str, dict] = {  # retrieval.* overrides, each on top of plain hybr
     "dense_adapter": {"rerank": "off", "adapter": "auto", "mode": "dense"},
     "rerank": {"rerank": "on", "adapter": "off"},
     "rerank_top10": {"rerank": "on", "adapter": "off", "rerank_top_n": 10},
+    "rerank_fused": {"rerank": "on", "adapter": "off", "rerank_weight": 0.5},
+    "zscore+rerank_fused": {"rerank": "on", "adapter": "off", "rerank_weight": 0.5, "fusion": "zscore"},
+    "zscore+adapter": {"rerank": "off", "adapter": "auto", "fusion": "zscore"},
+    "zscore+adapter+rerank_fused": {"rerank": "on", "adapter": "auto", "rerank_weight": 0.5, "fusion": "zscore"},
     "merge+rerank": {"rerank": "on", "adapter": "off", "merge": True},
     "adapter+rerank": {"rerank": "on", "adapter": "auto"},
     # before retrieval, with the configured LLM (the packaged SmolLM2-135M unless twin.yaml says otherwise)

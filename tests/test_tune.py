@@ -96,6 +96,21 @@ def test_tune_reranker_saves_a_version_used_by_search(twin, twin_cli):
     off = twin.search_explain(QUERIES[0], k=5, retrieval={"rerank": "off"})
     assert [h.chunk.chunk_id for h in off.hits] == before[QUERIES[0]] and "rerank" not in off.stages
 
+    # rerank_weight < 1: the reranker's and the first stage's min-max scores, weighted
+    fused = twin.search_explain(QUERIES[0], k=20, retrieval={"rerank": "on", "rerank_weight": 0.5})
+    assert fused.pipeline[1] == "rerank(reranker-v1, top 20, fused 0.5)"
+    head = fused.stages["rerank"]
+    rr = [h.scores["rerank"] for h in head]
+    fs = [h.scores["relative"] for h in head]
+
+    def mm(v, x):
+        return (x - min(v)) / (max(v) - min(v))
+
+    for h in head:
+        expected = 0.5 * mm(rr, h.scores["rerank"]) + 0.5 * mm(fs, h.scores["relative"])
+        assert h.score == pytest.approx(expected) and h.scores["rerank_fused"] == pytest.approx(expected)
+    assert [h.score for h in head] == sorted((h.score for h in head), reverse=True)
+
 
 def test_tune_adapter_loads_back_and_moves_queries(twin):
     card = tune_adapter(twin, AdapterTuning(queries=40, epochs=3, min_gain=-1.0, keep_best=False, lr=0.05))

@@ -85,6 +85,7 @@ class RetrievalConfig(_Section):
     merge_max_chars: int = Field(6000, ge=1)  # longer sections are never returned whole
     rerank: Literal["auto", "on", "off"] = "auto"  # auto: the project's trained reranker once there is one
     rerank_top_n: int = Field(20, ge=1)  # hits the cross-encoder re-scores
+    rerank_weight: float = Field(1.0, ge=0.0, le=1.0)  # < 1: fuse its scores with the first stage's (its share)
     reranker_path: str | None = None  # a cross-encoder dir to use instead of .twin/models/reranker/<latest>
     mmr: bool = False  # maximal marginal relevance over fetch_k candidates
     mmr_lambda: float = Field(0.7, ge=0.0, le=1.0)  # 1 = relevance only, 0 = diversity only

@@ -59,8 +59,9 @@ class Pipeline:
         if reranker is not None:
             from llmtwin.retrieval.rerank import rerank
 
-            before.append(Stage("rerank", f"rerank({reranker.name}, top {cfg.rerank_top_n})",
-                                lambda hits: rerank(hits, query, reranker, cfg.rerank_top_n)))
+            fused = f", fused {cfg.rerank_weight:g}" if cfg.rerank_weight < 1 else ""
+            before.append(Stage("rerank", f"rerank({reranker.name}, top {cfg.rerank_top_n}{fused})",
+                                lambda hits: rerank(hits, query, reranker, cfg.rerank_top_n, cfg.rerank_weight)))
         self.llm_replies: list[str] = []
         if cfg.llm_rerank != "off" and llm is not None:
             from llmtwin.retrieval import llm_rerank
