@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
 HHH = ROOT.parent / "shared" / "data" / "hhh_preferences.jsonl"
 WORK = ROOT / "bench" / "results" / "align_ppo"
 
@@ -100,39 +101,51 @@ def load_avg() -> str:
     return subprocess.run(["uptime"], check=False, capture_output=True, text=True).stdout.strip()
 
 
-def run_reward(minutes: float) -> dict:
+def run_reward(minutes: float, hhh_n: int) -> dict:
+    from alignment_data import hhh_style_pairs, split_by_group
+
     from llmtwin.training.recipe_rl import RewardRecipe
-    from llmtwin.training.reward_model import RewardModel, read_pairs, train_reward
+    from llmtwin.training.reward_model import RewardModel, load_scorer, pairwise_accuracy, read_pairs, train_reward
 
     WORK.mkdir(parents=True, exist_ok=True)
-    pairs = make_pairs()
-    rng = random.Random(1)
-    groups = sorted({p["id"].split("-")[0] for p in pairs})
-    rng.shuffle(groups)
-    held_groups = set(groups[: max(1, len(groups) // 5)])  # held out by section: no prompt in both sets
-    train = [p for p in pairs if p["id"].split("-")[0] not in held_groups]
-    held = [p for p in pairs if p["id"].split("-")[0] in held_groups]
+    train, held = split_by_group(hhh_style_pairs())  # whole prompts held out, a quarter of each kind
     write_jsonl(WORK / "rm_train.jsonl", train)
     write_jsonl(WORK / "rm_validation.jsonl", held)
-    write_jsonl(WORK / "hhh_sample.jsonl", hhh_sample(48))
+    write_jsonl(WORK / "hhh_sample.jsonl", hhh_sample(hhh_n))
     recipe = RewardRecipe(dataset=str(WORK / "rm_train.jsonl"), validation=str(WORK / "rm_validation.jsonl"),
-                          r=16, alpha=32, max_len=160, batch_size=4, epochs=2, lr=2e-4, max_minutes=minutes,
+                          r=16, alpha=32, max_len=128, batch_size=4, epochs=2, lr=2e-4, max_minutes=minutes,
                           eval_every=10)
     hhh_pairs, _ = read_pairs(WORK / "hhh_sample.jsonl")
+    held_pairs, _ = read_pairs(WORK / "rm_validation.jsonl")
     load_before = load_avg()
     t0 = time.perf_counter()
     result = train_reward(recipe, WORK, register=False,
                           on_step=lambda s, n, row: print(f"step {s}/{n} loss {row['loss']:.4f} "
                                                           f"acc {row['accuracy']:.2f} ({row['seconds']:.0f}s)", flush=True))
+    train_s = time.perf_counter() - t0
+    cats = [r["category"] for r in hhh_sample(hhh_n)]
+    kinds = [row["kind"] for row in held]
+
+    def by(labels, pairs, score):  # accuracy per label, over the subsets (no pair scored twice)
+        res = {}
+        for lab in sorted(set(labels)):
+            sub = [p for p, l in zip(pairs, labels) if l == lab]
+            res[lab] = {"n": len(sub), "accuracy": score(sub)["accuracy"]}
+        res["all"] = {"n": len(pairs), "accuracy": sum(v["n"] * v["accuracy"] for v in res.values()) / max(len(pairs), 1)}
+        return res
+
     rm = RewardModel.load(result.run_dir, max_len=256)
-    hhh_after = rm.accuracy(hhh_pairs)
-    from llmtwin.training.reward_model import load_scorer, pairwise_accuracy
-    base_model, tok, _ = load_scorer(RewardRecipe(method="full", seed=recipe.seed))
-    hhh_before = pairwise_accuracy(base_model, tok, hhh_pairs, 256)
-    out = {"part": "reward", "seconds": time.perf_counter() - t0, "load_before": load_before, "load_after": load_avg(),
+    hhh_after = by(cats, hhh_pairs, rm.accuracy)
+    held_after = by(kinds, held_pairs, rm.accuracy)
+    del rm
+    base_model, tok, _ = load_scorer(RewardRecipe(method="full", seed=recipe.seed))  # the same untrained head
+    hhh_before = by(cats, hhh_pairs, lambda sub: pairwise_accuracy(base_model, tok, sub, 256))
+    held_before = by(kinds, held_pairs, lambda sub: pairwise_accuracy(base_model, tok, sub, 256))
+    out = {"part": "reward", "seconds": time.perf_counter() - t0, "train_seconds": train_s,
+           "load_before": load_before, "load_after": load_avg(),
            "train_pairs": len(train), "held_out_pairs": len(held), "metrics": result.card["metrics"],
-           "hhh_sample": {"pairs": len(hhh_pairs), "accuracy_untrained_head": hhh_before["accuracy"],
-                          "accuracy_trained": hhh_after["accuracy"], "margin_trained": hhh_after["margin"]},
+           "held_out": {"untrained_head": held_before, "trained": held_after},
+           "hhh_sample": {"pairs": len(hhh_pairs), "untrained_head": hhh_before, "trained": hhh_after},
            "curve": [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()],
            "run_dir": str(result.run_dir)}
     (WORK / "reward.json").write_text(json.dumps(out, indent=2), encoding="utf-8")
@@ -195,7 +208,7 @@ if __name__ == "__main__":
     part = sys.argv[1] if len(sys.argv) > 1 else "ppo"
     minutes = float(os.environ.get("BENCH_MINUTES", "13"))
     if part == "reward":
-        res = run_reward(minutes)
+        res = run_reward(minutes, int(os.environ.get("BENCH_HHH", "64")))
     elif part == "ppo":
         res = run_ppo(minutes, int(os.environ.get("BENCH_STEPS", "40")))
     else:
