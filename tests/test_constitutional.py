@@ -73,9 +73,15 @@ def test_critique_revise_and_judge_with_the_packaged_llm(llm):
     assert step["principle"] == "harmless"
     assert step["critique"].strip() and step["revision"].strip()
     verdict, detail = judge(llm, prompt, step["revision"], original, principle)
-    assert verdict in (-1, 0, 1) and set(detail) == {"order_ab", "order_ba", "parsed"}
-    if verdict != 0:  # a verdict only when both orders agree
-        assert detail["order_ab"] != detail["order_ba"]
+    assert verdict in (-1, 0, 1) and detail["method"] == "logprobs"  # llama.cpp gives next-token probabilities
+    # P(revision better) is the mean of the two orders, so position bias cancels: swapping the
+    # responses gives 1 − p (up to llama.cpp's numerics, which differ slightly with how much of the
+    # prompt is already in the KV cache), and a clear verdict flips with it
+    assert detail["p_first"] == pytest.approx((detail["order_ab"] + detail["order_ba"]) / 2, abs=1e-4)
+    verdict_swapped, swapped = judge(llm, prompt, original, step["revision"], principle)
+    assert swapped["p_first"] == pytest.approx(1 - detail["p_first"], abs=0.01)
+    if abs(detail["p_first"] - 0.5) > 0.01:
+        assert verdict_swapped == -verdict != 0
 
 
 def test_stage1_smoke_run(tmp_path):

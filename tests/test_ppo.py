@@ -199,3 +199,32 @@ def test_reward_score_cli(reward_run, twin_cli):
     assert all(isinstance(s["score"], float) for s in scores)
     bad = twin_cli("train", "reward", "--set", "nonsense=1", cwd=root)
     assert bad.returncode == 2 and "unknown reward recipe field 'nonsense'" in bad.stderr
+
+
+def test_constitutional_judge_with_a_reward_model(reward_run):
+    """CAI's judge can be a reward model: P(a better) = σ(r_a − r_b), no order to be biased by."""
+    from llmtwin.training.constitutional import Principle, judge, score_revisions
+    from llmtwin.training.reward_model import RewardModel
+
+    _, result = reward_run
+    rm = RewardModel.load(result.run_dir)
+    principle = Principle(name="helpful", critique="Identify what is unhelpful.", revision="Rewrite it to help.")
+    prompt, a, b = "What do bees make?", "Bees make honey.", "Not telling you."
+    verdict, detail = judge(None, prompt, a, b, principle, reward_model=rm)
+    r_a, r_b = rm.score([prompt, prompt], [a, b])
+    assert detail["method"] == "reward_model"
+    assert detail["p_first"] == pytest.approx(1 / (1 + math.exp(r_b - r_a)), abs=1e-4)
+    assert verdict == (1 if r_a > r_b else -1)
+    swapped, other = judge(None, prompt, b, a, principle, reward_model=rm)
+    assert other["p_first"] == pytest.approx(1 - detail["p_first"], abs=1e-4) and swapped == -verdict
+    # the revisions report: the reward model decides, the LLM judge is reported beside it when there is one
+    rows = [{"prompt": prompt, "original": b, "revision": a, "rounds": [{"principle": "helpful"}]},
+            {"prompt": prompt, "original": a, "revision": a, "rounds": [{"principle": "helpful"}]}]
+    import random
+
+    from llmtwin.training.constitutional import Constitution
+
+    report = score_revisions(None, rows, Constitution(principles=[principle]), random.Random(0), reward_model=rm)
+    assert report["judge"] == "reward_model" and report["n"] == 2 and report["judged"] == 1
+    assert report["tie_rate"] == 0.5 and report["win_rate"] + report["loss_rate"] == 0.5
+    assert report["mean_p_revision"] == pytest.approx(detail["p_first"], abs=1e-4)

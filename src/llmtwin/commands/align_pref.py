@@ -130,6 +130,7 @@ def constitutional(
     stages: Optional[str] = typer.Option(None, "--stages", help="sl (critique/revise + SFT), rl (AI preferences + DPO) or both."),
     base: Optional[str] = typer.Option(None, "--base", help="Base model: packaged or a Hugging Face dir."),
     max_prompts: Optional[int] = typer.Option(None, "--max-prompts", help="Use at most N prompts."),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="A reward model (run dir or NAME@ALIAS) that judges instead of the LLM."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe field, e.g. --set sft_steps=40."),
     run_name: Optional[str] = typer.Option(None, "--run-name", help="Run directory name under .twin/runs/."),
     register: bool = typer.Option(True, "--register/--no-register", help="Register the model (alias candidate)."),
@@ -142,7 +143,7 @@ def constitutional(
 
     recipe = build_pref_recipe("constitutional", config, preset, set_, {
         "constitution": str(constitution) if constitution else None, "prompts": str(prompts) if prompts else None,
-        "stages": stages, "base": base, "max_prompts": max_prompts})
+        "stages": stages, "base": base, "max_prompts": max_prompts, "judge_model": judge_model})
     root, cfg = _project_and_config()
     result = train_constitutional(recipe, root, run_name=run_name, register=register, name=name, config=cfg,
                                   progress=not as_json)
@@ -150,8 +151,14 @@ def constitutional(
     lines = [f"constitutional ({recipe.stages}): {m.get('prompts', 0)} prompts, {m.get('revisions', 0)} revisions, "
              f"{m.get('preference_pairs', 0)} AI-labelled pairs ({m.get('judge_ties', 0)} ties dropped)"]
     if "revision_win_rate" in m:
-        lines.append(f"revisions vs originals by the principles (judge, both orders): win {m['revision_win_rate']:.2f}, "
-                     f"loss {m['revision_loss_rate']:.2f}, tie {m['revision_tie_rate']:.2f}")
+        ev = result.card["evaluation"]["revisions_vs_originals"]
+        how = "reward model" if ev.get("judge") == "reward_model" else "LLM judge, both orders"
+        line = (f"revisions vs originals by the principles ({how}): win {m['revision_win_rate']:.2f}, "
+                f"loss {m['revision_loss_rate']:.2f}, tie {m['revision_tie_rate']:.2f}")
+        if "mean_p_revision" in ev:
+            line += (f"; P(revision better) {ev['mean_p_revision']:.3f}, preferred {ev['preferred']}/{ev['judged']} "
+                     f"(sign test p {ev['sign_test_p']:.3f})")
+        lines.append(line)
     if "check_pass_original" in m:
         lines.append(f"deterministic checks passed: originals {m['check_pass_original']:.2f} → revisions "
                      f"{m['check_pass_revision']:.2f}")

@@ -5,15 +5,18 @@ drawn from the constitution — critiques its own answer with the principle's cr
 rewrites it with the revision request. A LoRA adapter is fine-tuned on (prompt, revision) with the
 SFT trainer (training/sft.py).
 Stage 2 (RLAIF): two responses are sampled per prompt and the model judges which one better follows
-a principle, in both orders; a pair is kept only when both orders agree (otherwise it is a tie and
-dropped — small models are strongly position-biased). DPO (training/dpo.py) then trains on those
+a principle, in both orders. Small models are strongly position-biased, so the verdict is read from
+next-token probabilities averaged over the two orders (a judge that always says "A" scores ½), and
+a pair is kept when that average is more than `judge_margin` from ½; with a text-only backend both
+orders must agree. DPO (training/dpo.py) then trains on those
 pairs, continuing the stage-1 adapter; the reference is the base with the adapter switched off.
 
 Generation (answers, critiques, revisions, judgements) uses the base model through llmtwin's LLM
 backends: llama.cpp for the packaged base (`generator: auto`, ~10× faster on CPU) or transformers.
 
 Held-out prompts (`held_out_fraction`) are not trained on; on them the revisions are compared with
-the originals by the principles: the judge (both orders: win / loss / tie) and, where a principle
+the originals by the principles: the judge (both orders: win / loss / tie, the mean probability that
+the revision is better and a sign test) and, where a principle
 has a `check` (regular expressions, a word limit), a deterministic pass rate.
 
 The constitution file:
@@ -154,27 +157,66 @@ def critique_revise(llm, prompt: str, response: str, principle: Principle, max_n
     return {"principle": principle.name, "critique": critique, "revision": revision or response}
 
 
-_CHOICE = re.compile(r"\b([AB])\b")
+JUDGE_SYSTEM = ("You are a careful, impartial judge. You compare two responses to the same request by one "
+                "principle. Position and length do not matter.")
 
 
-def _pick(llm, prompt: str, first: str, second: str, principle: Principle) -> str | None:
-    text = (f"Consider this request: {prompt}\n\n"
-            f"Response (A): {first}\n\nResponse (B): {second}\n\n"
-            f"Principle: {principle.critique} Which response is better by this principle? "
-            "Answer with the single letter A or B.")
-    out = llm.complete([{"role": "user", "content": text}], max_new_tokens=6, temperature=0.0)
-    m = _CHOICE.search(out.upper())
-    return m.group(1) if m else None
+def _judge_messages(prompt: str, first: str, second: str, principle: Principle) -> list[dict[str, str]]:
+    return [{"role": "system", "content": JUDGE_SYSTEM},
+            {"role": "user", "content": (f"Request: {prompt}\n\nResponse A: {first}\n\nResponse B: {second}\n\n"
+                                         f"Principle: {principle.critique} Which response is better by this "
+                                         "principle? Answer with the single letter A or B.")}]
 
 
-def judge(llm, prompt: str, a: str, b: str, principle: Principle) -> tuple[int, dict[str, Any]]:
-    """+1 if `a` is better by the principle in both orders, -1 if `b` is, 0 otherwise (tie or unparsed)."""
-    first = _pick(llm, prompt, a, b, principle)  # a shown as A
-    second = _pick(llm, prompt, b, a, principle)  # a shown as B
-    vote_a = {"A": 1, "B": -1}.get(first or "", 0)
-    vote_b = {"B": 1, "A": -1}.get(second or "", 0)
+def _judges(llm):
+    """One evaluation.judge.Judge per LLM (it caches the answer tokens' ids)."""
+    from llmtwin.evaluation.judge import Judge
+
+    judge_ = getattr(llm, "_cai_judge", None)
+    if judge_ is None:
+        judge_ = Judge(llm)
+        try:
+            llm._cai_judge = judge_
+        except AttributeError:
+            pass
+    return judge_
+
+
+def judge(llm, prompt: str, a: str, b: str, principle: Principle, margin: float = 0.0,
+          reward_model=None) -> tuple[int, dict[str, Any]]:
+    """+1 if `a` is better by the principle, -1 if `b` is, 0 for a tie.
+
+    With a `reward_model` (a preference model trained on the principles' kind of pairs) P(a better)
+    is its Bradley–Terry probability σ(r_a − r_b): no position to be biased by. Otherwise the LLM is
+    asked in both orders; with next-token probabilities (llama.cpp, transformers) the verdict is
+    P(a better) averaged over the two orders — a judge that always answers "A" then scores ½ and
+    position bias cancels. Either way it counts when it is more than `margin` from ½. With text
+    replies only, both orders must agree."""
+    import math
+
+    from llmtwin.evaluation.judge import parse_pair
+
+    if reward_model is not None:
+        r_a, r_b = reward_model.score([prompt, prompt], [a, b])
+        p_a = 1.0 / (1.0 + math.exp(-(r_a - r_b)))
+        verdict = 1 if p_a > 0.5 + margin else -1 if p_a < 0.5 - margin else 0
+        return verdict, {"method": "reward_model", "p_first": round(p_a, 4),
+                         "reward_first": round(r_a, 4), "reward_second": round(r_b, 4)}
+
+    j = _judges(llm)
+    labels = {"A": ["A"], "B": ["B"]}
+    v1 = j.choose(_judge_messages(prompt, a, b, principle), labels, parse_pair)  # a shown as A
+    v2 = j.choose(_judge_messages(prompt, b, a, principle), labels, parse_pair)  # a shown as B
+    if j.method == "logprobs":
+        p_a = (v1.probs.get("A", 0.5) + v2.probs.get("B", 0.5)) / 2
+        verdict = 1 if p_a > 0.5 + margin else -1 if p_a < 0.5 - margin else 0
+        return verdict, {"method": "logprobs", "p_first": round(p_a, 4),
+                         "order_ab": round(v1.probs.get("A", 0.5), 4), "order_ba": round(v2.probs.get("B", 0.5), 4)}
+    vote_a = {"A": 1, "B": -1}.get(v1.label or "", 0)
+    vote_b = {"B": 1, "A": -1}.get(v2.label or "", 0)
     verdict = vote_a if vote_a == vote_b else 0
-    return verdict, {"order_ab": first, "order_ba": second, "parsed": first is not None and second is not None}
+    return verdict, {"method": "text", "p_first": 0.5 + verdict / 2, "order_ab": v1.label, "order_ba": v2.label,
+                     "parsed": v1.label is not None and v2.label is not None}
 
 
 def _generator(recipe: ConstitutionalRecipe, base_dir: Path, seed: int):
@@ -214,7 +256,7 @@ def build_revisions(llm, prompts: list[str], constitution: Constitution, recipe:
 
 
 def build_preferences(llm, llm_b, prompts: list[str], constitution: Constitution, recipe: ConstitutionalRecipe,
-                      rng: random.Random, log_path: Path | None = None) -> tuple[list[dict], int]:
+                      rng: random.Random, log_path: Path | None = None, reward_model=None) -> tuple[list[dict], int]:
     """(DPO pairs from AI judgements, number of ties dropped); `llm_b` is the generator with another seed
     (the backends re-seed on every call, so one generator would sample the same response twice)."""
     pairs, ties = [], 0
@@ -222,7 +264,8 @@ def build_preferences(llm, llm_b, prompts: list[str], constitution: Constitution
         a = respond(llm, prompt, recipe.max_new_tokens, temperature=recipe.temperature)
         b = respond(llm_b, prompt, recipe.max_new_tokens, temperature=recipe.temperature)
         principle = rng.choice(constitution.principles)
-        verdict, detail = (0, {"identical": True}) if a.strip() == b.strip() else judge(llm, prompt, a, b, principle)
+        verdict, detail = ((0, {"identical": True}) if a.strip() == b.strip()
+                           else judge(llm, prompt, a, b, principle, recipe.judge_margin, reward_model))
         record = {"prompt": prompt, "a": a, "b": b, "principle": principle.name, "verdict": verdict, **detail}
         if log_path is not None:
             with log_path.open("a", encoding="utf-8") as f:
@@ -237,28 +280,60 @@ def build_preferences(llm, llm_b, prompts: list[str], constitution: Constitution
     return pairs, ties
 
 
-def score_revisions(llm, rows: list[dict], constitution: Constitution, rng: random.Random) -> dict[str, Any]:
-    """Revisions vs originals by the principles: judge win/loss/tie (both orders) and deterministic checks."""
-    wins = losses = ties = 0
+def score_revisions(llm, rows: list[dict], constitution: Constitution, rng: random.Random,
+                    reward_model=None) -> dict[str, Any]:
+    """Revisions vs originals by the principles: the LLM judge (both orders; with probabilities, the
+    mean P(revision better) and a sign test), the reward-model judge when one is given, and the
+    principles' deterministic checks."""
+    judges = ({"llm": None} if llm is not None else {}) | (
+        {"reward_model": reward_model} if reward_model is not None else {})
+    tallies = {name: {"wins": 0, "losses": 0, "ties": 0, "p": []} for name in judges}
     check_orig = check_rev = checked = 0
     for row in rows:
         principle = next((p for p in constitution.principles if p.name == row["rounds"][-1]["principle"]),
                          rng.choice(constitution.principles))
-        if row["revision"].strip() == row["original"].strip():
-            ties += 1
-        else:
-            verdict, _ = judge(llm, row["prompt"], row["revision"], row["original"], principle)
-            wins, losses, ties = wins + (verdict > 0), losses + (verdict < 0), ties + (verdict == 0)
+        row["judge"] = {}
+        for name, rm in judges.items():
+            t = tallies[name]
+            if row["revision"].strip() == row["original"].strip():
+                t["ties"] += 1
+                row["judge"][name] = {"identical": True}
+                continue
+            verdict, detail = judge(llm, row["prompt"], row["revision"], row["original"], principle, reward_model=rm)
+            row["judge"][name] = detail
+            t["p"].append(detail["p_first"])
+            t["wins"] += verdict > 0
+            t["losses"] += verdict < 0
+            t["ties"] += verdict == 0
         for p in constitution.principles:
             if p.check is not None:
                 checked += 1
                 check_orig += p.check.passes(row["original"])
                 check_rev += p.check.passes(row["revision"])
     n = max(len(rows), 1)
-    out: dict[str, Any] = {"n": len(rows), "win_rate": wins / n, "loss_rate": losses / n, "tie_rate": ties / n}
+    primary = "reward_model" if reward_model is not None else "llm"
+    out: dict[str, Any] = {"n": len(rows), "judge": primary}
+    for name, t in tallies.items():
+        stats = {"win_rate": t["wins"] / n, "loss_rate": t["losses"] / n, "tie_rate": t["ties"] / n}
+        stats.update(_preference_stats(t["p"]))
+        if name == primary:
+            out.update(stats)
+        else:
+            out[f"{name}_judge"] = stats
     if checked:
         out.update(check_pass_original=check_orig / checked, check_pass_revision=check_rev / checked, checks=checked)
     return out
+
+
+def _preference_stats(ps: list[float]) -> dict[str, Any]:
+    """Mean P(revision better), how many revisions are preferred, and a one-sided sign test."""
+    import math
+
+    if not ps:
+        return {}
+    k, m = sum(p > 0.5 for p in ps), len(ps)
+    return {"mean_p_revision": sum(ps) / m, "judged": m, "preferred": k,
+            "sign_test_p": sum(math.comb(m, i) for i in range(k, m + 1)) / 2**m}
 
 
 def train_constitutional(
@@ -305,10 +380,15 @@ def train_constitutional(
     recipe_json = recipe.model_dump_json(indent=2)
     run_dir = prepare_run(project_root, "constitutional-lora", recipe_json, run_name)
     metrics_path = run_dir / "metrics.jsonl"
-    for f in ("revisions.jsonl", "preferences.jsonl", "heldout_revisions.jsonl"):
+    for f in ("revisions.jsonl", "preferences.jsonl", "heldout_revisions.jsonl", "heldout_judged.jsonl"):
         (run_dir / f).unlink(missing_ok=True)
     base_dir = base_model_dir(recipe.base)
     llm = _generator(recipe, base_dir, recipe.seed)
+    reward_model = None
+    if recipe.judge_model:
+        from llmtwin.training.reward_model import RewardModel
+
+        reward_model = RewardModel.load(recipe.judge_model, project_root, max_len=recipe.max_len)
     started = time.perf_counter()
     metrics: dict[str, Any] = {"prompts": len(train_prompts), "held_out_prompts": len(held)}
     evaluation: dict[str, Any] = {}
@@ -319,7 +399,9 @@ def train_constitutional(
         metrics["revisions"] = len(revisions)
     if held:  # the measurement: revisions vs originals on prompts never trained on
         held_rows = build_revisions(llm, held, constitution, recipe, rng, run_dir / "heldout_revisions.jsonl")
-        evaluation["revisions_vs_originals"] = score_revisions(llm, held_rows, constitution, rng)
+        evaluation["revisions_vs_originals"] = score_revisions(llm, held_rows, constitution, rng, reward_model)
+        (run_dir / "heldout_judged.jsonl").write_text(  # each row with its judgement, to read
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in held_rows), encoding="utf-8")
         ev = evaluation["revisions_vs_originals"]
         metrics.update(revision_win_rate=ev["win_rate"], revision_loss_rate=ev["loss_rate"],
                        revision_tie_rate=ev["tie_rate"])
@@ -328,9 +410,11 @@ def train_constitutional(
     pairs: list[dict] = []
     if recipe.stages in ("rl", "both"):
         llm_b = _generator(recipe, base_dir, recipe.seed + 1)
-        pairs, ties = build_preferences(llm, llm_b, train_prompts, constitution, recipe, rng, run_dir / "preferences.jsonl")
+        pairs, ties = build_preferences(llm, llm_b, train_prompts, constitution, recipe, rng, run_dir / "preferences.jsonl",
+                                        reward_model)
         metrics.update(preference_pairs=len(pairs), judge_ties=ties)
     metrics["generation_seconds"] = time.perf_counter() - started
+    del reward_model
 
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
@@ -377,7 +461,8 @@ def train_constitutional(
             if isinstance(cb, Progress):
                 cb.close()
     elif recipe.stages in ("rl", "both"):
-        notes.append("stage 2 skipped: every AI judgement was a tie (both orders disagreed), no preference pairs")
+        notes.append(f"stage 2 skipped: every AI judgement was a tie (within {recipe.judge_margin:g} of ½), "
+                     "no preference pairs")
     if model is None:
         raise TwinError("constitutional: nothing to train (no revisions and no preference pairs)")
 
@@ -406,6 +491,7 @@ def train_constitutional(
         "evaluation": evaluation,
         "principles": [p.name for p in constitution.principles],
         "generator": getattr(llm, "name", str(llm)),
+        "judge": recipe.judge_model or "the generator LLM (both orders)",
         "notes": notes,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "run_name": run_dir.name,

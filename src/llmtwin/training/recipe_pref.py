@@ -80,6 +80,9 @@ class ConstitutionalRecipe(_PrefRecipe):
     critique_tokens: int = Field(64, ge=8)
     revisions: int = Field(1, ge=1)  # critique/revision rounds per response (each with a sampled principle)
     temperature: float = Field(0.7, ge=0.0)  # stage 2 samples two responses at this temperature
+    judge_margin: float = Field(0.02, ge=0.0, lt=0.5)  # stage 2 keeps a pair when P(a better) is this far from ½
+    # a reward model (run dir, HF dir or registry NAME@ALIAS) that judges instead of the LLM: σ(r_a − r_b)
+    judge_model: str | None = None
     # stage 1 SFT
     sft_steps: int = Field(20, ge=1)
     sft_lr: float = Field(2e-4, gt=0.0)
