@@ -140,6 +140,34 @@ async def search_load(client: httpx.AsyncClient, qs: list[str], clients: int) ->
     return latencies, statuses
 
 
+async def paced_search_load(client: httpx.AsyncClient, qs: list[str], clients: int, rate: float) -> tuple[list[float], list]:
+    """Open loop: requests start at `rate` per second in all (a fixed schedule), from `clients`
+    connections; a request whose start time has come waits only for a free connection. This is a
+    population of users who do not all hammer the server at once, unlike the closed loop above."""
+    start = time.perf_counter()
+    todo = list(enumerate(qs))
+    latencies: list[float] = []
+    statuses: list = []
+
+    async def worker():
+        while todo:
+            i, q = todo.pop(0)
+            due = start + i / rate
+            now = time.perf_counter()
+            if due > now:
+                await asyncio.sleep(due - now)
+            t = due  # a late start (every connection busy) counts as waiting
+            try:
+                resp = await client.post("/v1/search", json={"query": q, "k": 10})
+                statuses.append(resp.status_code)
+            except httpx.HTTPError as e:
+                statuses.append(type(e).__name__)
+            latencies.append(time.perf_counter() - t)  # from the scheduled start: queueing counts
+
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    return latencies, statuses
+
+
 async def one_chat(client: httpx.AsyncClient, question: str, tokens: int, model: str = "twin-rag") -> dict:
     body = {"model": model, "stream": True, "max_tokens": tokens,
             "messages": [{"role": "user", "content": question}]}
@@ -215,6 +243,11 @@ async def run(args) -> dict:
                 lat, st = await search_load(client, search_qs[:n], clients)
                 out["phases"].append(summary(lat, time.perf_counter() - t, st, f"search, {clients} client(s)"))
 
+            for rate in args.rates:
+                t = time.perf_counter()
+                lat, st = await paced_search_load(client, search_qs, args.clients, rate)
+                out["phases"].append(summary(lat, time.perf_counter() - t, st,
+                                             f"search, {args.clients} clients, offered {rate:g} req/s"))
             if args.search_only:
                 out["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
                 return out
@@ -276,6 +309,8 @@ def main() -> None:
     ap.add_argument("--lone", type=int, default=5, help="sequential chats for time to first token")
     ap.add_argument("--chat-tokens", type=int, default=32)
     ap.add_argument("--search-only", action="store_true", help="only the /v1/search phases")
+    ap.add_argument("--rates", type=float, nargs="*", default=[20, 40, 60],
+                    help="open-loop /v1/search phases at these offered rates (requests per second)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "serve_load.json")
     args = ap.parse_args()
     if args.build:
