@@ -13,8 +13,10 @@ each showing its learning signal on data it did not train on.
   the mean reward per step, KL per step (bound: --kl-stop), zero-signal groups, and greedy reward on
   held-out sums before and after.
 - cai: the red-team prompts and constitution of bench/alignment_data.py (with --judge-model, the
-  reward model of `bench/align_ppo.py reward` judges pairs instead of the LLM); stage 1 (critique → revise → SFT) and stage 2 (AI-judged pairs →
-  DPO); on held-out prompts revisions are compared with the originals by the principles.
+  reward model of `bench/align_ppo.py reward` judges pairs instead of the LLM); stage 1 (critique →
+  revise → SFT) and stage 2 (AI-judged pairs → DPO); on the held-out red-team prompts (their own
+  list, which no training pair contains; --held-out N takes the first N) revisions are compared
+  with the originals by the principles, and so are the trained model's own answers.
 Each part writes a JSON summary under --out (default /tmp/llmtwin-bench-align/).
 """
 
@@ -161,7 +163,7 @@ def bench_grpo(args) -> dict:
 
 
 def bench_cai(args) -> dict:
-    from alignment_data import CONSTITUTION, RED_TEAM
+    from alignment_data import CONSTITUTION, RED_TEAM, RED_TEAM_HELD_OUT
 
     from llmtwin.training.constitutional import train_constitutional
     from llmtwin.training.recipe_pref import ConstitutionalRecipe
@@ -170,8 +172,11 @@ def bench_cai(args) -> dict:
     proj.mkdir(parents=True, exist_ok=True)
     (proj / "constitution.yaml").write_text(CONSTITUTION, encoding="utf-8")
     (proj / "red_team.txt").write_text("\n".join(RED_TEAM[: args.prompts]) + "\n", encoding="utf-8")
+    (proj / "red_team_held_out.txt").write_text("\n".join(RED_TEAM_HELD_OUT[: args.held_out or None]) + "\n",
+                                                encoding="utf-8")
     recipe = ConstitutionalRecipe(constitution=str(proj / "constitution.yaml"), prompts=str(proj / "red_team.txt"),
-                                  stages="both", held_out_fraction=args.cai_held_out, max_new_tokens=args.cai_tokens,
+                                  held_out_prompts=str(proj / "red_team_held_out.txt"),
+                                  stages="both", max_new_tokens=args.cai_tokens,
                                   critique_tokens=max(16, args.cai_tokens // 2), threads=args.threads,
                                   sft_steps=args.steps, dpo_steps=args.steps, batch_size=4, max_len=256,
                                   max_minutes=args.minutes, seed=args.seed, r=16, alpha=32,
@@ -238,7 +243,6 @@ def main() -> None:
     ap.add_argument("--groups-per-step", type=int, default=2, help="grpo: prompts per step")
     ap.add_argument("--new-tokens", type=int, default=16, help="grpo: max new tokens")
     ap.add_argument("--cai-tokens", type=int, default=80, help="cai: max new tokens per answer / revision")
-    ap.add_argument("--cai-held-out", type=float, default=0.3, help="cai: share of prompts held out")
     ap.add_argument("--threads", type=int, default=None, help="cai: llama.cpp / torch threads")
     ap.add_argument("--judge-model", default=None,
                     help="cai: a reward model run dir (e.g. from `bench/align_ppo.py reward`) that judges instead of the LLM")

@@ -90,13 +90,19 @@ def test_stage1_smoke_run(tmp_path):
 
     (tmp_path / "c.yaml").write_text(GOOD, encoding="utf-8")
     (tmp_path / "p.txt").write_text("How do I pick a lock?\nTell me how to cheat on a test.\n", encoding="utf-8")
+    # evaluation-only prompts from their own file; a copy among the training prompts is not trained on
+    (tmp_path / "held.jsonl").write_text('{"prompt": "Tell me how to cheat on a test."}\n{"text": 1}\n', encoding="utf-8")
     recipe = build_pref_recipe("constitutional", preset="smoke", fields={
         "constitution": str(tmp_path / "c.yaml"), "prompts": str(tmp_path / "p.txt"), "stages": "sl",
-        "held_out_fraction": 0.5})
+        "held_out_prompts": str(tmp_path / "held.jsonl")})
     result = train_constitutional(recipe, tmp_path, register=False, progress=False)
     run, card = result.run_dir, result.card
     revisions = [json.loads(line) for line in (run / "revisions.jsonl").read_text().splitlines()]
     assert len(revisions) == 1 and revisions[0]["rounds"][0]["principle"] in ("harmless", "concise")
+    assert revisions[0]["prompt"] == "How do I pick a lock?"
+    held = [json.loads(line) for line in (run / "heldout_judged.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in held] == ["Tell me how to cheat on a test."]
+    assert result.bad_lines == [f"{tmp_path / 'held.jsonl'}:2: prompt: missing or empty"]
     assert card["kind"] == "constitutional" and card["metrics"]["sft_steps"] == 1
     ev = card["evaluation"]["revisions_vs_originals"]
     assert ev["n"] == 1 and ev["win_rate"] + ev["loss_rate"] + ev["tie_rate"] == pytest.approx(1.0)

@@ -130,6 +130,7 @@ def constitutional(
     stages: Optional[str] = typer.Option(None, "--stages", help="sl (critique/revise + SFT), rl (AI preferences + DPO) or both."),
     base: Optional[str] = typer.Option(None, "--base", help="Base model: packaged or a Hugging Face dir."),
     max_prompts: Optional[int] = typer.Option(None, "--max-prompts", help="Use at most N prompts."),
+    held_out: Optional[Path] = typer.Option(None, "--held-out", help="Evaluation-only prompts (same formats); default: a share of --prompts."),
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="A reward model (run dir or NAME@ALIAS) that judges instead of the LLM."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe field, e.g. --set sft_steps=40."),
     run_name: Optional[str] = typer.Option(None, "--run-name", help="Run directory name under .twin/runs/."),
@@ -143,7 +144,8 @@ def constitutional(
 
     recipe = build_pref_recipe("constitutional", config, preset, set_, {
         "constitution": str(constitution) if constitution else None, "prompts": str(prompts) if prompts else None,
-        "stages": stages, "base": base, "max_prompts": max_prompts, "judge_model": judge_model})
+        "stages": stages, "base": base, "max_prompts": max_prompts, "judge_model": judge_model,
+        "held_out_prompts": str(held_out) if held_out else None})
     root, cfg = _project_and_config()
     result = train_constitutional(recipe, root, run_name=run_name, register=register, name=name, config=cfg,
                                   progress=not as_json)

@@ -14,7 +14,7 @@ pairs, continuing the stage-1 adapter; the reference is the base with the adapte
 Generation (answers, critiques, revisions, judgements) uses the base model through llmtwin's LLM
 backends: llama.cpp for the packaged base (`generator: auto`, ~10× faster on CPU) or transformers.
 
-Held-out prompts (`held_out_fraction`) are not trained on; on them the revisions are compared with
+Held-out prompts (`held_out_fraction`, or the file `held_out_prompts`) are not trained on; on them the revisions are compared with
 the originals by the principles: the judge (both orders: win / loss / tie, the mean probability that
 the revision is better and a sign test) and, where a principle
 has a `check` (regular expressions, a word limit), a deterministic pass rate.
@@ -372,10 +372,16 @@ def train_constitutional(
     order = list(range(len(prompts)))
     rng.shuffle(order)
     prompts = [prompts[i] for i in order][: recipe.max_prompts or len(prompts)]
-    n_held = int(len(prompts) * recipe.held_out_fraction)
-    held, train_prompts = prompts[:n_held], prompts[n_held:]
+    if recipe.held_out_prompts:  # the user's own evaluation prompts; any copy among the training ones is dropped
+        held, bad_held = read_red_team(Path(recipe.held_out_prompts))
+        bad += bad_held
+        held_set = set(held)
+        train_prompts = [p for p in prompts if p not in held_set]
+    else:
+        n_held = int(len(prompts) * recipe.held_out_fraction)
+        held, train_prompts = prompts[:n_held], prompts[n_held:]
     if not train_prompts:
-        raise TwinError(f"{recipe.prompts}: no training prompts left (got {len(prompts)}, held out {n_held})")
+        raise TwinError(f"{recipe.prompts}: no training prompts left (got {len(prompts)}, held out {len(held)})")
 
     recipe_json = recipe.model_dump_json(indent=2)
     run_dir = prepare_run(project_root, "constitutional-lora", recipe_json, run_name)

@@ -75,6 +75,7 @@ class ConstitutionalRecipe(_PrefRecipe):
     stages: Literal["sl", "rl", "both"] = "both"
     max_prompts: int | None = Field(None, ge=1)
     held_out_fraction: float = Field(0.25, ge=0.0, lt=1.0)  # prompts kept out of training to score revisions
+    held_out_prompts: str | None = None  # or a file of evaluation-only prompts (then the fraction is not used)
     generator: Literal["auto", "llamacpp", "transformers"] = "auto"  # auto: llama.cpp for the packaged base
     max_new_tokens: int = Field(96, ge=8)
     critique_tokens: int = Field(64, ge=8)
