@@ -118,6 +118,12 @@ class LanceStore:
         self.memory_max_chunks = memory_max_chunks
         self._cache: _MemoryCache | None = None
         self._fts_checked: int | None = None
+        # The chunks table's version as this handle last read it. A local table opened without a
+        # read-consistency interval sees no other handle's writes, so only our own writes move it:
+        # they reset it, and searches skip the round trip to LanceDB's event-loop thread (two per
+        # hybrid search, which serialised concurrent searches behind that one thread).
+        self._chunks_version: int | None = None
+        self._chunk_writes = 0  # finished writes: a version read across one is not kept
         self._fts_present = False
 
     def _read_meta(self) -> dict | None:
@@ -223,7 +229,10 @@ class LanceStore:
             return
         where = sql_in("doc_id", sorted({d.doc_id for d in docs}))
         self._replace(self.sections, "section_id", _sections_table(sections), where)
-        self._replace(self.chunks, "chunk_id", _chunks_table(chunks, vectors, self.dim), where)
+        try:
+            self._replace(self.chunks, "chunk_id", _chunks_table(chunks, vectors, self.dim), where)
+        finally:
+            self._written()
         self.put_records(docs)
 
     def put_records(self, docs: list[DocRecord]) -> None:
@@ -250,7 +259,10 @@ class LanceStore:
         """Chunks and sections first, the record last: a crash in between is redone next run."""
         for start in range(0, len(doc_ids), 500):
             where = sql_in("doc_id", doc_ids[start : start + 500])
-            self.chunks.delete(where)
+            try:
+                self.chunks.delete(where)
+            finally:
+                self._written()
             self.sections.delete(where)
             self.docs.delete(where)
 
@@ -259,14 +271,17 @@ class LanceStore:
         if self.chunks.count_rows() == 0:
             return
         has_fts = any("text" in idx.columns for idx in self.chunks.list_indices())
-        if has_fts:
-            self.chunks.optimize()
-        else:
-            from lancedb.index import FTS
+        try:
+            if has_fts:
+                self.chunks.optimize()
+            else:
+                from lancedb.index import FTS
 
-            self.chunks.create_index(
-                "text", config=FTS(stem=True, remove_stop_words=True, ascii_folding=True)
-            )
+                self.chunks.create_index(
+                    "text", config=FTS(stem=True, remove_stop_words=True, ascii_folding=True)
+                )
+        finally:
+            self._written()
         self.sections.optimize()
         self.docs.optimize()
 
@@ -365,8 +380,22 @@ class LanceStore:
             builder = builder.where(where, prefilter=True)
         return builder.to_list()
 
+    def _written(self) -> None:
+        """After every write to the chunks table (in `finally`: a failed write may have committed)."""
+        self._chunk_writes += 1
+        self._chunks_version = None
+
+    def _version(self) -> int:
+        version = self._chunks_version
+        if version is None:
+            writes = self._chunk_writes
+            version = self.chunks.version
+            if writes == self._chunk_writes:  # no write finished meanwhile: the value is current
+                self._chunks_version = version
+        return version
+
     def _has_fts(self) -> bool:
-        version = self.chunks.version
+        version = self._version()
         if self._fts_checked != version:
             self._fts_present = any("text" in idx.columns for idx in self.chunks.list_indices())
             self._fts_checked = version
@@ -374,7 +403,7 @@ class LanceStore:
 
     def _memory(self) -> _MemoryCache | None:
         """The chunks table in memory (vectors as one matrix), reloaded when the table changes."""
-        version = self.chunks.version
+        version = self._version()
         if self._cache is not None and self._cache.version == version:
             return self._cache
         self._cache = None
