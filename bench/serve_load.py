@@ -88,6 +88,11 @@ class Server:
             self.stop()
             raise SystemExit("twin serve did not start:\n" + "".join(lines))
 
+    def cpu_seconds(self) -> float:
+        """The server process's CPU time so far (user + system, all its threads)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -237,17 +242,21 @@ async def run(args) -> dict:
                    "chat_max_tokens": args.chat_tokens, "date": time.strftime("%Y-%m-%d %H:%M"),
                    "loadavg_1m_before": round(os.getloadavg()[0], 2), "phases": []}
 
+            async def measured(load, name: str) -> None:  # latencies, plus server and client CPU per request
+                t, server_cpu, client_cpu = time.perf_counter(), server.cpu_seconds(), time.process_time()
+                lat, st = await load
+                s = summary(lat, time.perf_counter() - t, st, name)
+                s["server_cpu_ms_per_request"] = round(1000 * (server.cpu_seconds() - server_cpu) / len(st), 2)
+                s["client_cpu_ms_per_request"] = round(1000 * (time.process_time() - client_cpu) / len(st), 2)
+                out["phases"].append(s)
+
             for clients in sorted({1, 4, args.clients}):
                 n = len(search_qs) if clients == args.clients else min(200, len(search_qs))
-                t = time.perf_counter()
-                lat, st = await search_load(client, search_qs[:n], clients)
-                out["phases"].append(summary(lat, time.perf_counter() - t, st, f"search, {clients} client(s)"))
+                await measured(search_load(client, search_qs[:n], clients), f"search, {clients} client(s)")
 
             for rate in args.rates:
-                t = time.perf_counter()
-                lat, st = await paced_search_load(client, search_qs, args.clients, rate)
-                out["phases"].append(summary(lat, time.perf_counter() - t, st,
-                                             f"search, {args.clients} clients, offered {rate:g} req/s"))
+                await measured(paced_search_load(client, search_qs, args.clients, rate),
+                               f"search, {args.clients} clients, offered {rate:g} req/s")
             if args.search_only:
                 out["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
                 return out
@@ -290,12 +299,14 @@ async def run(args) -> dict:
 
 
 def markdown(result: dict) -> str:
-    rows = ["| phase | requests | errors | 5xx | lost | p50 ms | p95 ms | max ms | req/s | TTFT p50 / p95 ms |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| phase | requests | errors | 5xx | lost | p50 ms | p95 ms | max ms | req/s | TTFT p50 / p95 ms "
+            "| CPU ms per request: server / client |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in result["phases"]:
         ttft = f"{p['ttft_p50_ms']} / {p['ttft_p95_ms']}" if "ttft_p50_ms" in p else ""
+        cpu = f"{p['server_cpu_ms_per_request']} / {p['client_cpu_ms_per_request']}" if "server_cpu_ms_per_request" in p else ""
         rows.append(f"| {p['name']} | {p['requests']} | {p['errors']} | {p['5xx']} | {p['lost']} | {p['p50_ms']} | "
-                    f"{p['p95_ms']} | {p['max_ms']} | {p['throughput_rps']} | {ttft} |")
+                    f"{p['p95_ms']} | {p['max_ms']} | {p['throughput_rps']} | {ttft} | {cpu} |")
     return "\n".join(rows)
 
 
