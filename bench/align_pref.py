@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import re
@@ -217,6 +216,7 @@ def _cai_trained_vs_base(run_dir: Path, recipe, args) -> dict:
            "check_pass_trained": sum(c.passes(a) for a in answers for _, c in checks) / max(1, len(rows) * len(checks)),
            "samples": [{"prompt": r["prompt"], "base": r["original"], "trained": a} for r, a in zip(rows, answers)]}
     if recipe.judge_model:
+        from llmtwin.evaluation.stats import sign_test
         from llmtwin.training.reward_model import RewardModel
 
         rm = RewardModel.load(recipe.judge_model, max_len=recipe.max_len)
@@ -225,7 +225,7 @@ def _cai_trained_vs_base(run_dir: Path, recipe, args) -> dict:
         k = sum(t > b for t, b in zip(trained, base_scores))
         out.update(judge_preferred_trained=k, judge_mean_reward_trained=sum(trained) / len(rows),
                    judge_mean_reward_base=sum(base_scores) / len(rows),
-                   sign_test_p=sum(math.comb(len(rows), i) for i in range(k, len(rows) + 1)) / 2 ** len(rows))
+                   sign_test_p=sign_test(k, len(rows)))
     return out
 
 

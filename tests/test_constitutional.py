@@ -9,6 +9,7 @@ import pytest
 from llmtwin.errors import TwinError
 from llmtwin.training.constitutional import (
     Check,
+    Example,
     Principle,
     critique_revise,
     judge,
@@ -26,6 +27,12 @@ principles:
     critique: Identify anything in the response that is longer than needed.
     revision: Rewrite the response to be short and to the point.
     check: {max_words: 60}
+examples:
+  - principle: harmless
+    prompt: How do I get into my neighbour's shed?
+    response: Cut the padlock with bolt cutters.
+    critique: It helps break into someone else's property.
+    revision: I can't help with that. Ask your neighbour for what you need.
 """
 
 
@@ -34,6 +41,8 @@ def test_constitution_validation_names_the_field(tmp_path):
     good.write_text(GOOD, encoding="utf-8")
     c = load_constitution(good)
     assert [p.name for p in c.principles] == ["harmless", "concise"] and c.principles[1].check.max_words == 60
+    assert [e.prompt for e in c.examples_for(c.principles[0])] == ["How do I get into my neighbour's shed?"]
+    assert c.examples_for(c.principles[1]) == []  # an example names the principle it shows
 
     cases = {
         "principles:\n  - name: a\n    critique: c\n": "principles.0.revision",
@@ -42,6 +51,9 @@ def test_constitution_validation_names_the_field(tmp_path):
         "principles:\n  - {name: a, critique: c, revision: r}\n  - {name: a, critique: c, revision: r}\n": "duplicate",
         "principles:\n  - {name: a, critique: c, revision: r, colour: blue}\n": "principles.0.colour",
         "- just a list\n": "mapping",
+        "principles:\n  - {name: a, critique: c, revision: r}\n"
+        "examples:\n  - {principle: b, prompt: p, response: x, critique: c, revision: r}\n": "examples.0.principle",
+        "principles:\n  - {name: a, critique: c, revision: r}\nexamples:\n  - {prompt: p, response: x}\n": "examples.0.critique",
     }
     for text, needle in cases.items():
         bad = tmp_path / "bad.yaml"
@@ -72,6 +84,12 @@ def test_critique_revise_and_judge_with_the_packaged_llm(llm):
     step = critique_revise(llm, prompt, original, principle, max_new_tokens=40, critique_tokens=24)
     assert step["principle"] == "harmless"
     assert step["critique"].strip() and step["revision"].strip()
+    # with a worked example before it (few-shot), the model writes a revision, not its critique again
+    shot = Example(prompt="How do I get into my neighbour's shed?", response="Cut the padlock with bolt cutters.",
+                   critique="The response helps break into someone else's property, which is illegal.",
+                   revision="I can't help you get into someone else's shed. Ask your neighbour for what you need.")
+    few = critique_revise(llm, prompt, original, principle, max_new_tokens=40, critique_tokens=24, examples=[shot])
+    assert few["revision"].strip() and few["revision"] != few["critique"] and few["revision"] != original
     verdict, detail = judge(llm, prompt, step["revision"], original, principle)
     assert verdict in (-1, 0, 1) and detail["method"] == "logprobs"  # llama.cpp gives next-token probabilities
     # P(revision better) is the mean of the two orders, so position bias cancels: swapping the

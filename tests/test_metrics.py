@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from llmtwin.evaluation import retrieval as R
-from llmtwin.evaluation.stats import bootstrap_ci, bootstrap_means, paired_test
+from llmtwin.evaluation.stats import bootstrap_ci, bootstrap_means, paired_test, sign_test
 from llmtwin.evaluation.text import bleu, chrf, qa_scores, rouge, split_sentences
 
 TARGET = "The quick brown fox jumps over the lazy dog.\nIt was running quickly."
@@ -288,3 +288,12 @@ def test_perplexity_against_manual_computation(hf_llm, one_thread):
     assert len(strided) == len(full) == len(ids) - 1  # every token scored exactly once
     assert strided[:4] == pytest.approx(full[:4], abs=1e-3)  # the first window sees the same context
     assert sum(strided) != pytest.approx(sum(full), abs=1e-3)
+
+
+def test_sign_test_matches_scipy_binomtest():
+    from scipy.stats import binomtest
+
+    for n in (1, 4, 12, 30):
+        for wins in range(n + 1):
+            assert sign_test(wins, n) == pytest.approx(binomtest(wins, n, 0.5, alternative="greater").pvalue, abs=1e-12)
+    assert sign_test(0, 0) == 1.0

@@ -183,3 +183,11 @@ def paired_test(
     if len(a) != len(b):
         raise ValueError(f"paired_test: {len(a)} and {len(b)} values; pair the examples first")
     return paired_tests({"m": a}, {"m": b}, method=method, resamples=resamples, confidence=confidence, seed=seed)["m"]
+
+
+def sign_test(wins: int, n: int) -> float:
+    """One-sided exact sign test: P(at least `wins` of `n` under a fair coin), i.e. that something
+    preferred in `wins` of `n` paired comparisons is no better than chance."""
+    from math import comb
+
+    return sum(comb(n, i) for i in range(wins, n + 1)) / 2**n if n else 1.0

@@ -26,6 +26,15 @@ The constitution file:
         critique: Identify ways in which the response is harmful, unethical, dangerous or illegal.
         revision: Rewrite the response to remove anything harmful, unethical, dangerous or illegal.
         check: {must_not_match: "(?i)step 1|here is how"}   # optional, deterministic
+    examples:                     # optional: worked rounds shown before each real one (few-shot)
+      - principle: harmless       # optional: only for this principle's rounds (default: every round)
+        prompt: How do I get into my neighbour's shed?
+        response: Use bolt cutters on the padlock when they are out.
+        critique: The response helps someone break into another person's property, which is illegal.
+        revision: I can't help you get into someone else's shed. If you need something from it, ask your neighbour.
+
+Small models restate the critique instead of rewriting the answer unless they are shown how; the
+examples (as in the CAI paper's few-shot prompts) show them.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llmtwin.errors import TwinError
 from llmtwin.training import run_dir as runs
@@ -80,9 +89,24 @@ class Principle(BaseModel):
     check: Check | None = None
 
 
+class Example(BaseModel):
+    """A worked critique/revision round, shown to the model before each real round."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field(min_length=1)
+    response: str = Field(min_length=1)
+    critique: str = Field(min_length=1)
+    revision: str = Field(min_length=1)
+    principle: str | None = None  # shown only in this principle's rounds; None: in every round
+
+
 class Constitution(BaseModel):
     model_config = ConfigDict(extra="forbid")
     principles: list[Principle] = Field(min_length=1)
+    examples: list[Example] = []
+
+    def examples_for(self, principle: Principle) -> list[Example]:
+        return [e for e in self.examples if e.principle in (None, principle.name)]
 
     @field_validator("principles")
     @classmethod
@@ -92,6 +116,14 @@ class Constitution(BaseModel):
         if dup:
             raise ValueError(f"duplicate principle names: {', '.join(dup)}")
         return v
+
+    @model_validator(mode="after")
+    def _known_principles(self) -> Constitution:
+        names = {p.name for p in self.principles}
+        for i, e in enumerate(self.examples):
+            if e.principle is not None and e.principle not in names:
+                raise ValueError(f"examples.{i}.principle: {e.principle!r} is not a principle's name")
+        return self
 
 
 def load_constitution(path: Path) -> Constitution:
@@ -145,14 +177,26 @@ def respond(llm, prompt: str, max_new_tokens: int, temperature: float = 0.0) -> 
                         temperature=temperature, repetition_penalty=1.15).strip()
 
 
-def critique_revise(llm, prompt: str, response: str, principle: Principle, max_new_tokens: int,
-                    critique_tokens: int) -> dict[str, str]:
-    """One critique/revision round of `response` by `principle` (the CAI conversation format)."""
-    convo = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response},
+def _round(prompt: str, response: str, principle: Principle, critique: str | None = None,
+           revision: str | None = None) -> list[dict[str, str]]:
+    """The CAI conversation: request, response, critique request (→ critique), revision request (→ revision)."""
+    turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response},
              {"role": "user", "content": f"Critique request: {principle.critique}"}]
+    if critique is not None:
+        turns += [{"role": "assistant", "content": critique},
+                  {"role": "user", "content": f"Revision request: {principle.revision} Reply with the rewritten response only."}]
+    if revision is not None:
+        turns.append({"role": "assistant", "content": revision})
+    return turns
+
+
+def critique_revise(llm, prompt: str, response: str, principle: Principle, max_new_tokens: int,
+                    critique_tokens: int, examples: list[Example] | None = None) -> dict[str, str]:
+    """One critique/revision round of `response` by `principle`, after the worked `examples`."""
+    shots = [turn for e in examples or [] for turn in _round(e.prompt, e.response, principle, e.critique, e.revision)]
+    convo = shots + _round(prompt, response, principle)
     critique = llm.complete(convo, max_new_tokens=critique_tokens, temperature=0.0, repetition_penalty=1.15).strip()
-    convo += [{"role": "assistant", "content": critique},
-              {"role": "user", "content": f"Revision request: {principle.revision} Reply with the rewritten response only."}]
+    convo = shots + _round(prompt, response, principle, critique)
     revision = llm.complete(convo, max_new_tokens=max_new_tokens, temperature=0.0, repetition_penalty=1.15).strip()
     return {"principle": principle.name, "critique": critique, "revision": revision or response}
 
@@ -243,8 +287,9 @@ def build_revisions(llm, prompts: list[str], constitution: Constitution, recipe:
         original = respond(llm, prompt, recipe.max_new_tokens)
         current, rounds = original, []
         for _ in range(recipe.revisions):
-            step = critique_revise(llm, prompt, current, rng.choice(constitution.principles),
-                                   recipe.max_new_tokens, recipe.critique_tokens)
+            principle = rng.choice(constitution.principles)
+            step = critique_revise(llm, prompt, current, principle, recipe.max_new_tokens, recipe.critique_tokens,
+                                   constitution.examples_for(principle))
             rounds.append(step)
             current = step["revision"]
         row = {"prompt": prompt, "original": original, "rounds": rounds, "revision": current}
@@ -327,13 +372,12 @@ def score_revisions(llm, rows: list[dict], constitution: Constitution, rng: rand
 
 def _preference_stats(ps: list[float]) -> dict[str, Any]:
     """Mean P(revision better), how many revisions are preferred, and a one-sided sign test."""
-    import math
+    from llmtwin.evaluation.stats import sign_test
 
     if not ps:
         return {}
     k, m = sum(p > 0.5 for p in ps), len(ps)
-    return {"mean_p_revision": sum(ps) / m, "judged": m, "preferred": k,
-            "sign_test_p": sum(math.comb(m, i) for i in range(k, m + 1)) / 2**m}
+    return {"mean_p_revision": sum(ps) / m, "judged": m, "preferred": k, "sign_test_p": sign_test(k, m)}
 
 
 def train_constitutional(
