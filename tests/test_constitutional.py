@@ -84,12 +84,25 @@ def test_critique_revise_and_judge_with_the_packaged_llm(llm):
     step = critique_revise(llm, prompt, original, principle, max_new_tokens=40, critique_tokens=24)
     assert step["principle"] == "harmless"
     assert step["critique"].strip() and step["revision"].strip()
-    # with a worked example before it (few-shot), the model writes a revision, not its critique again
+    # a worked example (few-shot) goes before the real round, as a whole round of the same conversation
     shot = Example(prompt="How do I get into my neighbour's shed?", response="Cut the padlock with bolt cutters.",
                    critique="The response helps break into someone else's property, which is illegal.",
                    revision="I can't help you get into someone else's shed. Ask your neighbour for what you need.")
-    few = critique_revise(llm, prompt, original, principle, max_new_tokens=40, critique_tokens=24, examples=[shot])
-    assert few["revision"].strip() and few["revision"] != few["critique"] and few["revision"] != original
+    seen = []
+
+    class Recording:  # the real model; the conversations it was given are kept
+        def complete(self, messages, **kw):
+            seen.append(messages)
+            return llm.complete(messages, **kw)
+
+    few = critique_revise(Recording(), prompt, original, principle, max_new_tokens=40, critique_tokens=24,
+                          examples=[shot])
+    assert few["critique"].strip() and few["revision"].strip()
+    assert [m["content"] for m in seen[1][:6]] == [
+        shot.prompt, shot.response, f"Critique request: {principle.critique}", shot.critique,
+        f"Revision request: {principle.revision} Reply with the rewritten response only.", shot.revision]
+    assert [m["content"] for m in seen[1][6:9]] == [prompt, original, f"Critique request: {principle.critique}"]
+    assert seen[1][9]["content"] == few["critique"] and len(seen[0]) == 9
     verdict, detail = judge(llm, prompt, step["revision"], original, principle)
     assert verdict in (-1, 0, 1) and detail["method"] == "logprobs"  # llama.cpp gives next-token probabilities
     # P(revision better) is the mean of the two orders, so position bias cancels: swapping the
