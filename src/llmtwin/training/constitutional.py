@@ -226,6 +226,11 @@ def _judges(llm):
     return judge_
 
 
+def _verdict(p_a: float, margin: float) -> int:
+    """+1 / -1 when P(a better) is more than `margin` above / below ½, else 0 (a tie)."""
+    return 1 if p_a > 0.5 + margin else -1 if p_a < 0.5 - margin else 0
+
+
 def judge(llm, prompt: str, a: str, b: str, principle: Principle, margin: float = 0.0,
           reward_model=None) -> tuple[int, dict[str, Any]]:
     """+1 if `a` is better by the principle, -1 if `b` is, 0 for a tie.
@@ -243,8 +248,7 @@ def judge(llm, prompt: str, a: str, b: str, principle: Principle, margin: float 
     if reward_model is not None:
         r_a, r_b = reward_model.score([prompt, prompt], [a, b])
         p_a = 1.0 / (1.0 + math.exp(-(r_a - r_b)))
-        verdict = 1 if p_a > 0.5 + margin else -1 if p_a < 0.5 - margin else 0
-        return verdict, {"method": "reward_model", "p_first": round(p_a, 4),
+        return _verdict(p_a, margin), {"method": "reward_model", "p_first": round(p_a, 4),
                          "reward_first": round(r_a, 4), "reward_second": round(r_b, 4)}
 
     j = _judges(llm)
@@ -253,8 +257,7 @@ def judge(llm, prompt: str, a: str, b: str, principle: Principle, margin: float 
     v2 = j.choose(_judge_messages(prompt, b, a, principle), labels, parse_pair)  # a shown as B
     if j.method == "logprobs":
         p_a = (v1.probs.get("A", 0.5) + v2.probs.get("B", 0.5)) / 2
-        verdict = 1 if p_a > 0.5 + margin else -1 if p_a < 0.5 - margin else 0
-        return verdict, {"method": "logprobs", "p_first": round(p_a, 4),
+        return _verdict(p_a, margin), {"method": "logprobs", "p_first": round(p_a, 4),
                          "order_ab": round(v1.probs.get("A", 0.5), 4), "order_ba": round(v2.probs.get("B", 0.5), 4)}
     vote_a = {"A": 1, "B": -1}.get(v1.label or "", 0)
     vote_b = {"B": 1, "A": -1}.get(v2.label or "", 0)
