@@ -23,8 +23,10 @@ from llmtwin.models.embedder import OpenAIEmbedder, SentenceTransformerEmbedder
 from llmtwin.models.get import get_llm
 from llmtwin.models.llm import LlamaCppLLM, OpenAILLM, TransformersLLM, _StopFilter
 
-# Greedy SmolLM2 output of llama.cpp (Q4_1) and transformers (dequantised fp32) agrees on most
-# short prompts but not all (quantised arithmetic): this one agreed exactly in probes.
+# Greedy SmolLM2 output of llama.cpp (Q4_1) and transformers (dequantised fp32) is not the same
+# text on every CPU: llama.cpp's quantised kernels differ by instruction set, and a near-tie flips
+# the greedy path (CI printed "The most obvious color is black, ..." where this machine prints
+# "1. Red\n2. Blue"). The backends are compared by likelihood instead of by string.
 PROMPT = [{"role": "user", "content": "Name three colors."}]
 
 
@@ -108,11 +110,27 @@ def test_get_llm_backends_and_cache(llm, hf_llm):
     assert get_llm(LLMConfig()) is llm
 
 
+def _teacher_forced_ranks(hf_llm, messages, text: str) -> list[int]:
+    """The rank of each token of `text` among the fp32 model's next-token choices (0 = its greedy pick)."""
+    import torch
+
+    prompt = hf_llm.tokenizer.encode(hf_llm._render(messages), add_special_tokens=False)
+    cont = hf_llm.tokenizer.encode(text, add_special_tokens=False)
+    with torch.no_grad():
+        logits = hf_llm.model(torch.tensor([prompt + cont])).logits[0, len(prompt) - 1 : -1]
+    return [int((logits[i] > logits[i, t]).sum()) for i, t in enumerate(cont)]
+
+
 def test_greedy_backends_agree(llm, hf_llm):
     a = llm.complete(PROMPT, max_new_tokens=12)
     b = hf_llm.complete(PROMPT, max_new_tokens=12)
-    assert a.split()[:4] == b.split()[:4], (a, b)
-    assert a.split()[:2] == ["1.", "Red"]
+    assert set(_teacher_forced_ranks(hf_llm, PROMPT, b)) == {0}  # its own greedy text, the sanity check
+    # llama.cpp's greedy answer is one the fp32 weights also rank near the top at every token
+    # (same weights, same chat template); a shuffle of the same words is not.
+    ranks = _teacher_forced_ranks(hf_llm, PROMPT, a)
+    assert len(ranks) >= 8 and max(ranks) < 10, (a, ranks)
+    shuffled = " ".join(sorted(a.split(), key=lambda w: (len(w), w)))
+    assert max(_teacher_forced_ranks(hf_llm, PROMPT, shuffled)) >= 10, shuffled
 
 
 @pytest.mark.parametrize("which", ["llm", "hf_llm"])
@@ -122,8 +140,9 @@ def test_stream_joins_to_complete_and_stop(which, request):
     assert len(pieces) > 1
     full = model.complete(PROMPT, max_new_tokens=12)
     assert "".join(pieces) == full
-    cut = model.complete(PROMPT, max_new_tokens=12, stop=["Blue"])
-    assert cut == full[: full.index("Blue")]
+    word = full.split()[2]  # a stop string from this machine's own greedy text
+    cut = model.complete(PROMPT, max_new_tokens=12, stop=[word])
+    assert cut == full[: full.index(word)]
 
 
 def test_count_tokens_backends_agree(llm, hf_llm):
