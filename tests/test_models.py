@@ -207,17 +207,44 @@ def test_embedder_shapes_order_and_ranking(embedder):
 
 
 def test_onnx_query_vectors_equal_torch(embedder, tmp_path, monkeypatch):
-    """Queries run on ONNX Runtime (the same weights, exported once, cached atomically); their vectors
-    equal PyTorch's for the same text — the stored passages were embedded with PyTorch."""
+    """Queries run on ONNX Runtime (the same weights, exported once, cached atomically). Exact (fp32)
+    vectors equal PyTorch's for the same text — the stored passages were embedded with PyTorch; the
+    default int8 copy stays within cosine 0.98 of them and ranks passages as they do."""
+    from llmtwin.config import EmbedderConfig
+    from llmtwin.models.get import get_embedder
+
     assert embedder.query_runtime == "onnx" and not embedder.batch_queries
     texts = ["Which tower stands in Paris?", "what is the um no sorry the capital of France",
              "naïve café ☕ " * 3, "x " * 400]  # the last is cut at the model's 256 tokens, like torch cuts it
-    onnx = np.stack([embedder.embed_query(t) for t in texts])
     torch_ = embedder._encode(texts)
-    assert onnx.dtype == np.float32 and np.allclose(np.linalg.norm(onnx, axis=1), 1.0, atol=1e-5)
-    assert float(np.min(np.sum(onnx * torch_, axis=1))) > 0.99999
-    path = embedder._onnx.path
-    assert path.is_file() and path.parent.parent.name == "onnx" and not list(path.parent.glob(".tmp-*"))
+    exact = get_embedder(EmbedderConfig(query_quantize="off"))
+    fp32 = np.stack([exact.embed_query(t) for t in texts])
+    assert exact._onnx.precision == "fp32" and exact._onnx.path.name == "model.onnx"
+    assert fp32.dtype == np.float32 and np.allclose(np.linalg.norm(fp32, axis=1), 1.0, atol=1e-5)
+    assert float(np.min(np.sum(fp32 * torch_, axis=1))) > 0.99999
+
+    int8 = np.stack([embedder.embed_query(t) for t in texts])
+    assert embedder._onnx.precision == "int8" and embedder._onnx.path.name == "model.int8.onnx"
+    assert embedder._onnx.int8_cosine >= 0.98
+    assert np.allclose(np.linalg.norm(int8, axis=1), 1.0, atol=1e-5)
+    cos = np.sum(int8 * torch_, axis=1)
+    assert 0.98 < float(cos.min()) and float(cos.max()) < 0.99999  # close, yet really another graph
+    passages = embedder.embed_passages(["The Eiffel Tower stands in Paris.", "Paris is the capital of France.",
+                                        "Berlin has a TV tower."])
+    assert np.array_equal(np.argsort(-(passages @ int8[:2].T), axis=0), np.argsort(-(passages @ fp32[:2].T), axis=0))
+    for path in (exact._onnx.path, embedder._onnx.path):
+        assert path.is_file() and path.parent.parent.name == "onnx" and not list(path.parent.glob(".tmp-*"))
+
+
+def test_int8_query_encoder_that_disagrees_stays_fp32(embedder, monkeypatch, caplog):
+    from llmtwin.models import onnx_query
+
+    monkeypatch.setattr(onnx_query, "MIN_INT8_COSINE", 1.0)  # no quantised copy can pass
+    pooling, normalise, _ = onnx_query.pooling_of(embedder.model)
+    with caplog.at_level(logging.WARNING, logger="llmtwin.models.onnx_query"):
+        enc = onnx_query.OnnxQueryEncoder(embedder.model, embedder.model_dir, embedder.max_tokens, pooling, normalise)
+    assert enc.precision == "fp32" and enc.path.name == "model.onnx" and enc.int8_cosine < 1.0
+    assert "queries stay fp32" in caplog.text
 
 
 def test_query_runtime_torch_and_a_clear_error(tmp_path):

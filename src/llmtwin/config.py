@@ -47,6 +47,9 @@ class EmbedderConfig(_Section):
     # Queries on ONNX Runtime (the same weights exported once: 2× faster for short texts here), or torch.
     # auto: onnx where onnxruntime is installed and the model is Transformer → Pooling (→ Normalize).
     query_runtime: Literal["auto", "onnx", "torch"] = "auto"
+    # onnx queries with int8 weights: 2.4× less CPU, same retrieval here; kept only where a load-time
+    # check agrees with fp32 (models/onnx_query.py). off: the exact fp32 graph.
+    query_quantize: Literal["int8", "off"] = "int8"
 
 
 class IngestConfig(_Section):

@@ -67,6 +67,7 @@ class SentenceTransformerEmbedder:
         passage_prefix: str = "",
         name: str,
         query_runtime: str = "auto",
+        query_int8: bool = True,
     ):
         from llmtwin.models.packaged import quiet_transformers, set_offline
 
@@ -97,6 +98,7 @@ class SentenceTransformerEmbedder:
             from llmtwin.feature.chunk import hf_token_counter
 
             self.count_tokens = hf_token_counter(tokenizer_json)  # type: ignore[method-assign]
+        self.query_int8 = query_int8
         self.query_runtime = self._pick_query_runtime(query_runtime, tokenizer_json.exists())
         self._onnx = None
         self._onnx_lock = threading.Lock()
@@ -130,7 +132,7 @@ class SentenceTransformerEmbedder:
                     pooling, normalise, _ = onnx_query.pooling_of(self.model)
                     with self._lock:  # the export runs the torch model
                         self._onnx = onnx_query.OnnxQueryEncoder(
-                            self.model, self.model_dir, self.max_tokens, pooling, normalise)
+                            self.model, self.model_dir, self.max_tokens, pooling, normalise, int8=self.query_int8)
         return self._onnx
 
     @property

@@ -141,6 +141,7 @@ def _build_embedder(cfg: EmbedderConfig) -> Embedder:
         passage_prefix=cfg.passage_prefix,
         name=name,
         query_runtime=cfg.query_runtime,
+        query_int8=cfg.query_quantize == "int8",
     )
 
 

@@ -8,6 +8,12 @@ so ingest keeps PyTorch; only `embed_query` comes here.
 The export covers the usual sentence-transformers layout — Transformer, Pooling (mean or CLS),
 optionally Normalize — and anything else stays on PyTorch (`supported` says why). The file is
 cached under `cache_root()/onnx/`, written to a temp name and renamed, like the LLM cache.
+
+`int8=True` (the default, `embedder.query_quantize`) runs a copy with int8 weights (ONNX Runtime's
+dynamic quantisation, per output channel): 2.7 instead of 6.5 ms of CPU per query here, vectors at
+cosine 0.990–0.999 to fp32's, and dense retrieval on 3,000 disfl_qa questions unchanged (nDCG@10
+0.8179 vs 0.8177). Each load checks the copy against the fp32 graph on a few probe texts and keeps
+fp32 where they disagree (cosine under `MIN_INT8_COSINE`): a model that quantises badly stays exact.
 """
 
 from __future__ import annotations
@@ -25,6 +31,15 @@ if TYPE_CHECKING:
     import numpy as np
 
 log = logging.getLogger(__name__)
+
+MIN_INT8_COSINE = 0.98  # the int8 copy's worst agreement with fp32 on PROBES, or fp32 is kept
+PROBES = [
+    "What is the capital of France?",
+    "when did uh the the second world war end",
+    "Symptoms of vitamin D deficiency in adults",
+    "How do I reset the password of my account, no sorry, of my router?",
+    "naïve café prices in 東京",
+]
 
 
 def available() -> bool:
@@ -99,6 +114,28 @@ def export(st_model, model_dir: Path, target: Path, pooling: str, normalise: boo
             tmp.unlink()
 
 
+def quantize(src: Path, target: Path) -> None:
+    """Write an int8-weight copy of the ONNX graph `src` to `target` (dynamic, per output channel)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = target.parent / f".tmp-{uuid.uuid4().hex[:8]}-{os.getpid()}.onnx"
+    try:
+        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxQueryEncoder:
     """`encode(text)` → float32 (dim,) vector, one text at a time on one intra-op thread.
 
@@ -106,8 +143,8 @@ class OnnxQueryEncoder:
     13.7 to 8.8 ms but cost 17.5 ms of CPU); concurrent calls run in parallel (ORT releases the GIL).
     """
 
-    def __init__(self, st_model, model_dir: Path, max_tokens: int, pooling: str, normalise: bool):
-        import onnxruntime as ort
+    def __init__(self, st_model, model_dir: Path, max_tokens: int, pooling: str, normalise: bool,
+                 int8: bool = True):
         from tokenizers import Tokenizer
 
         from llmtwin.models.packaged import cache_root
@@ -118,22 +155,45 @@ class OnnxQueryEncoder:
             t = time.perf_counter()
             export(st_model, model_dir, target, pooling, normalise)
             log.info("exported %s to ONNX in %.1f s: %s", model_dir.name, time.perf_counter() - t, target)
-        self.path = target
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_tokens)
         self._lock = threading.Lock()  # the Rust tokenizer is not to be shared across threads
+        self.path = target
+        self.session = _session(target)
+        self.precision = "fp32"
+        self.int8_cosine: float | None = None  # the int8 copy's worst agreement with fp32 on PROBES
+        if int8:
+            self._try_int8(target.parent / "model.int8.onnx")
 
-    def encode(self, text: str) -> np.ndarray:
+    def _try_int8(self, path: Path) -> None:
+        import numpy as np
+
+        try:
+            if not path.is_file():
+                quantize(self.path, path)
+            session = _session(path)
+            exact = np.stack([self._run(self.session, t) for t in PROBES])
+            quick = np.stack([self._run(session, t) for t in PROBES])
+        except Exception as e:  # noqa: BLE001 — an optional speed-up: fp32 still answers
+            log.warning("int8 query encoder unavailable (%s); queries stay fp32", e)
+            return
+        cos = np.sum(exact * quick, axis=1) / (np.linalg.norm(exact, axis=1) * np.linalg.norm(quick, axis=1))
+        self.int8_cosine = float(cos.min())
+        if self.int8_cosine < MIN_INT8_COSINE:
+            log.warning("int8 query encoder disagrees with fp32 (cosine %.3f < %.2f); queries stay fp32",
+                        self.int8_cosine, MIN_INT8_COSINE)
+            return
+        self.session, self.path, self.precision = session, path, "int8"
+
+    def _run(self, session, text: str) -> np.ndarray:
         import numpy as np
 
         with self._lock:
             enc = self.tokenizer.encode(text)
         ids = np.asarray([enc.ids], dtype=np.int64)
         mask = np.asarray([enc.attention_mask], dtype=np.int64)
-        return self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0][0].astype(np.float32, copy=False)
+        return session.run(None, {"input_ids": ids, "attention_mask": mask})[0][0].astype(np.float32, copy=False)
 
+    def encode(self, text: str) -> np.ndarray:
+        return self._run(self.session, text)
