@@ -235,3 +235,41 @@ def test_cli_search_explain_shows_transforms(twin, twin_cli):
 def test_subquery_defaults():
     q = SubQuery("text")
     assert q.kind == "original" and q.weight == 1.0 and q.vector is None
+
+
+# -- rule-based disfluency repair (retrieval/disfluency.py) -------------------------------------
+
+@pytest.mark.parametrize("question, repaired", [
+    ("When did the Normans, no wait, the Vikings reach Iceland?", "When did the Vikings reach Iceland?"),
+    ("What is the um no sorry the capital of France?", "What is the capital of France?"),  # anchored on "the"
+    ("Who wrote Hamlet, I mean, who wrote Macbeth?", "Who wrote Macbeth?"),  # a restart
+    ("When was Marie Curie, sorry, Albert Einstein born?", "When was Albert Einstein born?"),  # name for name
+    ("What is the largest, or rather the smallest planet?", "What is the smallest planet?"),
+    ("How many uh people live in Lagos?", "How many people live in Lagos?"),  # a filled pause only
+    ("Actually, what is the boiling point of water?", "What is the boiling point of water?"),
+    (QUESTION, "How does sourdough bread rise?"),
+    # fluent questions pass through unchanged
+    ("Is there no cure for the common cold?", None),  # "no" unmarked: part of the question
+    ("Why was he sorry?", None),  # nothing follows the editing term: nothing was corrected
+    ("What did they choose rather than coal?", None),
+    ("What is the capital of France?", None),
+])
+def test_repair_drops_reparandum_and_interregnum(question, repaired):
+    from llmtwin.retrieval.disfluency import repair
+
+    fix = repair(question)
+    assert fix.text == (repaired or question) and fix.changed == (repaired is not None)
+
+
+def test_search_with_repair_searches_the_repaired_question(twin):
+    result = twin.search_explain("How does the volcano, no sorry, the sourdough bread rise?", k=2,
+                                 retrieval={"repair": True})
+    record = result.transforms[0]
+    assert record["name"] == "repair" and record["query"] == "How does the sourdough bread rise?"
+    assert record["removed"] == ["the volcano, no sorry,"]
+    same = twin.search_explain("How does the sourdough bread rise?", k=2)
+    assert [h.chunk.chunk_id for h in result.hits] == [h.chunk.chunk_id for h in same.hits]
+    assert [round(h.score, 6) for h in result.hits] == [round(h.score, 6) for h in same.hits]
+    assert result.hits[0].chunk.source == "corpus/baking/sourdough.md"
+    plain = twin.search_explain("How does the sourdough bread rise?", k=2, retrieval={"repair": True})
+    assert plain.transforms == []  # nothing to repair: nothing recorded

@@ -101,7 +101,8 @@ class Twin:
         """Search, then the configured post-retrieval stages (retrieval/pipeline.py).
 
         `retrieval` overrides `retrieval.*` fields for this request only, e.g. `{"mmr": True,
-        "window": 1, "rerank": "off"}`. A given `query_vector` is used as is (no adapter).
+        "window": 1, "rerank": "off"}`. A given `query_vector` is used as is (no adapter): it must
+        embed the question as searched: `disfluency.searched_question(query, cfg)`.
         """
         from llmtwin.retrieval.before import Plan, plan, search_plan, uses_before
         from llmtwin.retrieval.pipeline import Pipeline
@@ -113,6 +114,14 @@ class Twin:
         if mode not in ("hybrid", "dense", "bm25"):
             raise TwinError(f"--mode {mode!r}: expected hybrid, dense or bm25")
         parsed = parse_filters(filters)  # a malformed filter fails before any model loads
+        records = []
+        if cfg.repair:  # the rest of the search sees the repaired question only
+            from llmtwin.retrieval.disfluency import repair
+
+            fix = repair(query)
+            if fix.changed:
+                records.append({"name": "repair", "question": query, "query": fix.text, "removed": fix.removed})
+                query = fix.text
         k = k or cfg.k
         store = self._checked_store()
         reranker = self.reranker(cfg)
@@ -169,6 +178,7 @@ class Twin:
         if len(planned.queries) > 1:
             first += f"×{len(planned.queries)}"
         pipeline.run(result, first)
+        result.transforms[:0] = records
         result.timings.update({n: v for n, v in timings.items() if n not in result.timings})  # embedded late
         return result
 

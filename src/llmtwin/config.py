@@ -95,7 +95,10 @@ class RetrievalConfig(_Section):
     window: int = Field(0, ge=0)  # sentence window: sentences kept each side of the best one (0 = off)
     compress_tokens: int = Field(0, ge=0)  # context compression budget in embedder tokens (0 = off)
     adapter: Literal["auto", "off"] = "auto"  # auto: the project's trained query adapter, if it helped
-    # Before retrieval (retrieval/transforms.py, route.py, self_query.py): each may call the configured LLM.
+    # Before retrieval. repair: drop self-corrections ("the Normans, no wait, the Vikings") and filled
+    # pauses from the question by rule (retrieval/disfluency.py; no model, microseconds).
+    repair: bool = False
+    # retrieval/transforms.py, route.py, self_query.py: each may call the configured LLM.
     transforms: list[Literal["rewrite", "decompose", "multi_query", "hyde", "step_back"]] = Field(default_factory=list)
     multi_query_n: int = Field(3, ge=1, le=8)  # paraphrases for multi_query
     hyde_mode: Literal["average", "fuse"] = "average"  # HyDE: average the two embeddings, or fuse two result lists
@@ -140,6 +143,8 @@ class ServeConfig(_Section):
     port: int = Field(8000, ge=0, le=65535)
     rag_model: str = "twin-rag"  # the model id that answers with retrieval and citations
     queue_size: int = Field(32, ge=0)  # generation requests that may wait for the LLM; more get 429
+    # /v1/search requests computed at once (0 = one per CPU core); the rest wait in arrival order.
+    search_slots: int = Field(0, ge=0)
     max_tokens: int = Field(1024, ge=1)  # the most new tokens one request may ask for
     max_body_kb: int = Field(1024, ge=1)  # JSON request bodies
     max_upload_mb: float = Field(50.0, gt=0)  # one /v1/ingest upload (all its files)

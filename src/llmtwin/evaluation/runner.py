@@ -162,7 +162,10 @@ def evaluate_retrieval(
     t = time.perf_counter()
     vectors = None
     if mode != "bm25" and not emb.passage_prefix:  # embed_passages == embed_query with the query prefix
-        texts = [emb.query_prefix + q.question for q in queries]
+        from llmtwin.retrieval.disfluency import searched_question
+
+        searched = twin.retrieval_config()
+        texts = [emb.query_prefix + searched_question(q.question, searched) for q in queries]
         vectors = embedder.embed_passages(texts) if texts else None
     embed_s = time.perf_counter() - t
     rows: list[dict[str, Any]] = []

@@ -19,6 +19,7 @@ the client can fix. `run()` is what `twin serve` calls.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -39,6 +40,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmtwin.errors import TwinError
+from llmtwin.retrieval.disfluency import searched_question
 from llmtwin.serve.batching import QueryBatcher
 from llmtwin.serve.chat import ApiError, Generation, complete, make_plan, stream_events
 from llmtwin.serve.jobs import IngestJobs
@@ -68,6 +70,9 @@ class Server:
         self.ready = False
         self.loop = None  # the event loop, once serving
         self.generations: set[Generation] = set()  # running now (to stop them at shutdown)
+        # Searches beyond one per core wait here, first come first served, instead of running as
+        # threads that share the cores and the GIL: the same throughput, a far shorter tail.
+        self.search_slots = asyncio.Semaphore(self.cfg.search_slots or os.cpu_count() or 1)
 
     @property
     def llm(self):
@@ -289,16 +294,20 @@ def create_app(twin, *, keys: KeyStore | None, warm: bool = True) -> FastAPI:
         mode = body.mode or twin.config.retrieval.mode
         started = time.perf_counter()
         vector = None
-        # Concurrent queries are embedded together (the batcher), except where a trained query
-        # adapter applies: then search_explain embeds and adapts the query itself, as for the CLI.
-        if mode != "bm25" and await run_in_threadpool(twin.adapter) is None:
-            vector = await server.batcher.embed(body.query)
+        # On torch, concurrent queries are embedded together (the batcher), except where a trained
+        # query adapter applies. Otherwise (ONNX: one query at a time is cheapest) search_explain
+        # embeds the query in its own worker thread: one thread hop per search instead of three.
+        if (mode != "bm25" and server.batcher.max_batch > 1
+                and await run_in_threadpool(twin.adapter) is None):
+            cfg = twin.retrieval_config(body.retrieval)
+            vector = await server.batcher.embed(searched_question(body.query, cfg))
         embed_s = time.perf_counter() - started
-        result = await run_in_threadpool(
-            lambda: twin.search_explain(
-                body.query, k=body.k, mode=mode, filters=body.filters, query_vector=vector, retrieval=body.retrieval
+        async with server.search_slots:
+            result = await run_in_threadpool(
+                lambda: twin.search_explain(
+                    body.query, k=body.k, mode=mode, filters=body.filters, query_vector=vector, retrieval=body.retrieval
+                )
             )
-        )
         timings = {**({"embed_query": embed_s} if vector is not None else {}), **result.timings,
                    "total": time.perf_counter() - started}
         data = []

@@ -434,13 +434,20 @@ class _MemoryCache:
     def dense(self, vector: np.ndarray, limit: int, allowed: np.ndarray | None = None) -> list[Hit]:
         if not self.chunks:
             return []
-        vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
-        scores = self.matrix @ vector
-        rows = np.arange(len(scores)) if allowed is None else np.flatnonzero(allowed)
-        limit = min(limit, len(rows))
+        # One matrix-vector product per query: OpenBLAS multiplies a few stacked queries far slower
+        # than it runs them one by one (2 queries: 4.6 ms vs 2 × 0.55 ms here), so nothing is batched.
+        scores = self.matrix @ (vector / max(float(np.linalg.norm(vector)), 1e-12))
         if limit <= 0:
             return []
-        top = rows[np.argpartition(-scores[rows], limit - 1)[:limit]]
+        if allowed is None:
+            limit = min(limit, len(scores))
+            top = np.argpartition(-scores, limit - 1)[:limit] if limit < len(scores) else np.arange(len(scores))
+        else:
+            rows = np.flatnonzero(allowed)
+            limit = min(limit, len(rows))
+            if limit == 0:
+                return []
+            top = rows[np.argpartition(-scores[rows], limit - 1)[:limit]]
         top = top[np.lexsort((top, -scores[top]))]  # by score, then table order: deterministic
         return [Hit(self.chunks[i], float(scores[i])) for i in top]
 
