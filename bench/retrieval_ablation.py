@@ -51,6 +51,11 @@ CONFIGS: dict[str, dict] = {  # retrieval.* overrides, each on top of plain hybr
     "zscore+adapter+rerank_fused": {"rerank": "on", "adapter": "auto", "rerank_weight": 0.5, "fusion": "zscore"},
     "merge+rerank": {"rerank": "on", "adapter": "off", "merge": True},
     "adapter+rerank": {"rerank": "on", "adapter": "auto"},
+    # before retrieval, by rule (retrieval/disfluency.py: no model)
+    "repair": {**OFF, "repair": True},
+    "zscore+repair": {**OFF, "repair": True, "fusion": "zscore"},
+    "dense_repair": {**OFF, "repair": True, "mode": "dense"},
+    "bm25_repair": {**OFF, "repair": True, "mode": "bm25"},
     # before retrieval, with the configured LLM (the packaged SmolLM2-135M unless twin.yaml says otherwise)
     "rewrite": {**OFF, "transforms": ["rewrite"]},
     "decompose": {**OFF, "transforms": ["decompose"]},

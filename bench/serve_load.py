@@ -145,6 +145,50 @@ async def search_load(client: httpx.AsyncClient, qs: list[str], clients: int) ->
     return latencies, statuses
 
 
+async def raw_search_load(url: str, key: str, qs: list[str], clients: int) -> tuple[list[float], list]:
+    """search_load on a lean client: one keep-alive HTTP/1.1 connection per client, the request
+    written and the response read by hand (about a tenth of httpx's CPU per request). On 2 cores
+    the clients share the CPU with the server, so this measures more of the server and less of
+    the load generator (wrk and hey are lean for the same reason)."""
+    host, port = url.split("//", 1)[1].rsplit(":", 1)
+    todo = list(enumerate(qs))
+    latencies: list[float] = []
+    statuses: list = []
+
+    async def worker():
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            while todo:
+                _, q = todo.pop()
+                body = json.dumps({"query": q, "k": 10}).encode()
+                head = (f"POST /v1/search HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {key}\r\n"
+                        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+                t = time.perf_counter()
+                try:
+                    writer.write(head.encode() + body)
+                    await writer.drain()
+                    status = int((await reader.readline()).split()[1])
+                    length = None
+                    while (line := await reader.readline()) not in (b"\r\n", b""):
+                        name, _, value = line.partition(b":")
+                        if name.strip().lower() == b"content-length":
+                            length = int(value)
+                    if length is None:
+                        raise ValueError("no Content-Length")
+                    await reader.readexactly(length)
+                    statuses.append(status)
+                except (OSError, ValueError, IndexError, asyncio.IncompleteReadError) as e:
+                    statuses.append(type(e).__name__)
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(host, int(port))
+                latencies.append(time.perf_counter() - t)
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    return latencies, statuses
+
+
 async def paced_search_load(client: httpx.AsyncClient, qs: list[str], clients: int, rate: float) -> tuple[list[float], list]:
     """Open loop: requests start at `rate` per second in all (a fixed schedule), from `clients`
     connections; a request whose start time has come waits only for a free connection. This is a
@@ -253,6 +297,9 @@ async def run(args) -> dict:
             for clients in sorted({1, 4, args.clients}):
                 n = len(search_qs) if clients == args.clients else min(200, len(search_qs))
                 await measured(search_load(client, search_qs[:n], clients), f"search, {clients} client(s)")
+            if args.raw_client:
+                await measured(raw_search_load(server.url, server.key, search_qs, args.clients),
+                               f"search, {args.clients} clients, lean client")
 
             for rate in args.rates:
                 await measured(paced_search_load(client, search_qs, args.clients, rate),
@@ -322,6 +369,8 @@ def main() -> None:
     ap.add_argument("--search-only", action="store_true", help="only the /v1/search phases")
     ap.add_argument("--rates", type=float, nargs="*", default=[20, 40, 60],
                     help="open-loop /v1/search phases at these offered rates (requests per second)")
+    ap.add_argument("--raw-client", action="store_true",
+                    help="also the closed-loop phase at --clients on a lean hand-written HTTP client")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "serve_load.json")
     args = ap.parse_args()
     if args.build:
