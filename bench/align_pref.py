@@ -196,7 +196,7 @@ def _cai_trained_vs_base(run_dir: Path, recipe, args) -> dict:
     from peft import PeftModel
 
     from llmtwin.training.base_model import load_causal_lm
-    from llmtwin.training.constitutional import load_constitution
+    from llmtwin.training.constitutional import check_pass_rate, load_constitution
 
     rows = [json.loads(line) for line in (run_dir / "heldout_judged.jsonl").read_text(encoding="utf-8").splitlines()]
     base, tok = load_causal_lm("packaged")
@@ -210,10 +210,9 @@ def _cai_trained_vs_base(run_dir: Path, recipe, args) -> dict:
                                  pad_token_id=tok.pad_token_id)
         answers.append(tok.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip())
     constitution = load_constitution(Path(recipe.constitution))
-    checks = [(p, p.check) for p in constitution.principles if p.check is not None]
     out = {"prompts": len(rows),
-           "check_pass_base": sum(c.passes(r["original"]) for r in rows for _, c in checks) / max(1, len(rows) * len(checks)),
-           "check_pass_trained": sum(c.passes(a) for a in answers for _, c in checks) / max(1, len(rows) * len(checks)),
+           "check_pass_base": check_pass_rate(constitution, [r["original"] for r in rows]),
+           "check_pass_trained": check_pass_rate(constitution, answers),
            "samples": [{"prompt": r["prompt"], "base": r["original"], "trained": a} for r, a in zip(rows, answers)]}
     if recipe.judge_model:
         from llmtwin.evaluation.stats import sign_test

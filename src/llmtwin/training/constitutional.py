@@ -336,7 +336,6 @@ def score_revisions(llm, rows: list[dict], constitution: Constitution, rng: rand
     judges = ({"llm": None} if llm is not None else {}) | (
         {"reward_model": reward_model} if reward_model is not None else {})
     tallies = {name: {"wins": 0, "losses": 0, "ties": 0, "p": []} for name in judges}
-    check_orig = check_rev = checked = 0
     for row in rows:
         principle = next((p for p in constitution.principles if p.name == row["rounds"][-1]["principle"]),
                          rng.choice(constitution.principles))
@@ -353,11 +352,6 @@ def score_revisions(llm, rows: list[dict], constitution: Constitution, rng: rand
             t["wins"] += verdict > 0
             t["losses"] += verdict < 0
             t["ties"] += verdict == 0
-        for p in constitution.principles:
-            if p.check is not None:
-                checked += 1
-                check_orig += p.check.passes(row["original"])
-                check_rev += p.check.passes(row["revision"])
     n = max(len(rows), 1)
     primary = "reward_model" if reward_model is not None else "llm"
     out: dict[str, Any] = {"n": len(rows), "judge": primary}
@@ -368,9 +362,17 @@ def score_revisions(llm, rows: list[dict], constitution: Constitution, rng: rand
             out.update(stats)
         else:
             out[f"{name}_judge"] = stats
-    if checked:
-        out.update(check_pass_original=check_orig / checked, check_pass_revision=check_rev / checked, checks=checked)
+    checks = sum(p.check is not None for p in constitution.principles) * len(rows)
+    if checks:
+        out.update(check_pass_original=check_pass_rate(constitution, [r["original"] for r in rows]),
+                   check_pass_revision=check_pass_rate(constitution, [r["revision"] for r in rows]), checks=checks)
     return out
+
+
+def check_pass_rate(constitution: Constitution, texts: list[str]) -> float:
+    """The share of (text, principle with a deterministic check) pairs whose check passes."""
+    checks = [p.check for p in constitution.principles if p.check is not None]
+    return sum(c.passes(t) for t in texts for c in checks) / max(1, len(texts) * len(checks))
 
 
 def _preference_stats(ps: list[float]) -> dict[str, Any]:
