@@ -230,6 +230,9 @@ def test_cli_search_explain_shows_transforms(twin, twin_cli):
     assert "── rewrite (" in text and "── pipeline:" in text
     bad = twin_cli("--project", twin.project.root, "search", "x", "--transform", "telepathy")
     assert bad.returncode == 2 and "transforms" in bad.stderr
+    text = twin_cli("--project", twin.project.root, "search", "Where is uh Tambora, no sorry, where is Mount Tambora?",
+                    "-k", "1", "--explain", "--repair", check=True).stdout
+    assert "── repair: searched 'Where is Mount Tambora?'; removed 'uh', 'Where is Tambora, no sorry,'" in text
 
 
 def test_subquery_defaults():

@@ -160,13 +160,14 @@ def search(
     transform: list[str] = typer.Option([], "--transform", help="retrieval.transforms (repeatable): rewrite, decompose, multi_query, hyde, step_back."),
     route: Optional[str] = typer.Option(None, "--route", help="retrieval.route: off, embedding or llm (over retrieval.collections)."),
     self_query: Optional[bool] = typer.Option(None, "--self-query/--no-self-query", help="retrieval.self_query: LLM-proposed filters."),
+    repair: Optional[bool] = typer.Option(None, "--repair/--no-repair", help="retrieval.repair: drop self-corrections and filled pauses from the question by rule."),
     llm_rerank: Optional[str] = typer.Option(None, "--llm-rerank", help="retrieval.llm_rerank: off, pointwise or listwise."),
 ) -> None:
     """Search the store (hybrid dense + BM25 by default), then the configured post-retrieval stages."""
     twin = _twin({
         "retrieval.k": k, "retrieval.mode": mode,
         **_stage_flags(fetch_k, merge, rerank, rerank_top_n, mmr, mmr_lambda, window, compress),
-        **_before_flags(transform, route, self_query, llm_rerank),
+        **_before_flags(transform, route, self_query, llm_rerank, repair),
     })
     result = twin.search_explain(query, filters=filters)
     if as_json:
@@ -218,14 +219,17 @@ def _print_before(record: dict) -> None:
             print(f"     dropped {d['field']}={d['value']}: {d['reason']}")
     elif name == "llm_rerank":
         print(f"── llm_rerank replies: {record['replies']}")
+    elif name == "repair":
+        print(f"── repair: searched {record['query']!r}; removed " + ", ".join(repr(r) for r in record["removed"]))
     else:
         print(f"── {name} ({ms:.0f} ms): " + ("fell back to the question: " + record["fallback"] if record["fallback"]
                                           else "; ".join(f"{q['text']!r} ×{q['weight']:.2f}" for q in record["queries"])))
 
 
-def _before_flags(transform, route, self_query, llm_rerank) -> dict:
+def _before_flags(transform, route, self_query, llm_rerank, repair) -> dict:
     """Pre-retrieval and LLM-rerank flags → retrieval.* overrides (None: keep twin.yaml's)."""
     return {
+        "retrieval.repair": repair,
         "retrieval.transforms": list(transform) or None,
         "retrieval.route": route,
         "retrieval.self_query": self_query,
@@ -267,13 +271,14 @@ def ask(
     transform: list[str] = typer.Option([], "--transform", help="retrieval.transforms (repeatable): rewrite, decompose, multi_query, hyde, step_back."),
     route: Optional[str] = typer.Option(None, "--route", help="retrieval.route: off, embedding or llm (over retrieval.collections)."),
     self_query: Optional[bool] = typer.Option(None, "--self-query/--no-self-query", help="retrieval.self_query: LLM-proposed filters."),
+    repair: Optional[bool] = typer.Option(None, "--repair/--no-repair", help="retrieval.repair: drop self-corrections and filled pauses from the question by rule."),
     llm_rerank: Optional[str] = typer.Option(None, "--llm-rerank", help="retrieval.llm_rerank: off, pointwise or listwise."),
 ) -> None:
     """Answer a question from the documents, citing sources by number, like \\[1]."""
     twin = _twin({
         "retrieval.k": k, "retrieval.mode": mode, "llm.max_new_tokens": max_new_tokens,
         **_stage_flags(fetch_k, merge, rerank, rerank_top_n, mmr, mmr_lambda, window, compress),
-        **_before_flags(transform, route, self_query, llm_rerank),
+        **_before_flags(transform, route, self_query, llm_rerank, repair),
         **_registry_model(model),
     })
     _answer(twin, question, filters, as_json)
