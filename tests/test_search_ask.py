@@ -53,6 +53,26 @@ def test_modes_find_the_right_chunk(twin, mode):
     assert all(h.chunk.chunk_id in store_chunks(twin) for h in result.hits)
 
 
+def test_dense_in_memory_float16_matches_float32_and_lancedb(twin, embedder):
+    """The in-memory copy's float16 vectors (the default) rank as float32 and as LanceDB's own
+    exact search do, with scores within float16's resolution."""
+    import numpy as np
+
+    from llmtwin.store.lancedb_store import LanceStore
+
+    vector = embedder.embed_query("What do quokkas graze on at night?")
+    stores = {d: LanceStore(twin.project.store_dir, memory_dtype=d) for d in ("float16", "float32")}
+    stores["lancedb"] = LanceStore(twin.project.store_dir, memory_max_chunks=0)
+    hits = {name: s.dense_search(vector, 8, None) for name, s in stores.items()}
+    assert stores["float16"]._memory().matrix.dtype.itemsize == 2 and stores["lancedb"]._memory() is None
+    ids = {name: [h.chunk.chunk_id for h in found] for name, found in hits.items()}
+    assert ids["float16"][:3] == ids["float32"][:3] == ids["lancedb"][:3]
+    assert np.allclose([h.score for h in hits["float16"]], [h.score for h in hits["float32"]], atol=2e-3)
+    where = "source LIKE 'corpus/%.md'"
+    assert [h.chunk.chunk_id for h in stores["float16"].dense_search(vector, 3, where)] == \
+           [h.chunk.chunk_id for h in stores["float32"].dense_search(vector, 3, where)]
+
+
 def test_filters(twin):
     q = "notes about food, tea, glaciers and projects"
     hits = twin.search(q, k=20, filters=["source=corpus/*.md"])

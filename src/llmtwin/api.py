@@ -45,13 +45,12 @@ class Twin:
         if self._store is None:
             from llmtwin.store.lancedb_store import LanceStore
 
-            limit = self.config.store.memory_max_chunks
+            memory = {"memory_max_chunks": self.config.store.memory_max_chunks,
+                      "memory_dtype": self.config.store.memory_dtype}
             if create:
-                self._store = LanceStore(
-                    self.project.store_dir, self.embedder.name, self.embedder.dim, memory_max_chunks=limit
-                )
+                self._store = LanceStore(self.project.store_dir, self.embedder.name, self.embedder.dim, **memory)
             else:
-                self._store = LanceStore(self.project.store_dir, memory_max_chunks=limit)
+                self._store = LanceStore(self.project.store_dir, **memory)
         return self._store
 
     def _checked_store(self):
