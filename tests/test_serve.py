@@ -550,3 +550,30 @@ def test_shutdown_ends_streams_and_refuses_new_chats(project, llm_id):
         assert len(events) < 30  # stopped, not run to 1000 tokens
         assert_error(c.post("/v1/chat/completions", json={**body, "stream": False}), 503)
         assert c.post("/v1/search", json={"query": "quokka"}).status_code == 200  # the rest still answers
+
+
+def test_query_batcher_embeds_waiting_queries_as_one_batch():
+    """On torch (query_runtime=torch) the server embeds concurrent queries together; each request
+    still gets its own query's vector."""
+    from llmtwin.config import EmbedderConfig
+    from llmtwin.models.get import get_embedder
+    from llmtwin.serve.batching import QueryBatcher
+
+    embedder = get_embedder(EmbedderConfig(query_runtime="torch"))
+    assert embedder.batch_queries
+    batcher = QueryBatcher(embedder)
+    texts = [f"what do quokkas eat in season {i}?" for i in range(12)]
+
+    async def main():
+        with embedder._lock:  # the worker's first batch waits here, so the others queue up behind it
+            tasks = [asyncio.ensure_future(batcher.embed(t)) for t in texts]
+            await asyncio.sleep(0.3)
+        return await asyncio.gather(*tasks)
+
+    try:
+        vectors = asyncio.run(main())
+    finally:
+        batcher.stop()
+    for text, vector in zip(texts, vectors, strict=True):
+        assert float(vector @ embedder.embed_query(text)) > 0.9999
+    assert batcher.queries == 12 and batcher.batches <= 2

@@ -83,9 +83,11 @@ class Server:
         return self.twin.embedder
 
     @property
-    def batcher(self) -> QueryBatcher:
+    def batcher(self) -> QueryBatcher | None:
+        """Concurrent queries embedded as one batch — where that is cheaper (torch); None on ONNX,
+        where a search embeds its own query in its worker thread."""
         with self._lock:
-            if self._batcher is None:
+            if self._batcher is None and getattr(self.embedder, "batch_queries", False):
                 self._batcher = QueryBatcher(self.embedder)
             return self._batcher
 
@@ -297,10 +299,10 @@ def create_app(twin, *, keys: KeyStore | None, warm: bool = True) -> FastAPI:
         # On torch, concurrent queries are embedded together (the batcher), except where a trained
         # query adapter applies. Otherwise (ONNX: one query at a time is cheapest) search_explain
         # embeds the query in its own worker thread: one thread hop per search instead of three.
-        if (mode != "bm25" and server.batcher.max_batch > 1
-                and await run_in_threadpool(twin.adapter) is None):
+        batcher = server.batcher if mode != "bm25" else None
+        if batcher is not None and await run_in_threadpool(twin.adapter) is None:
             cfg = twin.retrieval_config(body.retrieval)
-            vector = await server.batcher.embed(searched_question(body.query, cfg))
+            vector = await batcher.embed(searched_question(body.query, cfg))
         embed_s = time.perf_counter() - started
         async with server.search_slots:
             result = await run_in_threadpool(

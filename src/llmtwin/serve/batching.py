@@ -1,17 +1,17 @@
-"""Query embeddings for concurrent searches, off the event loop, batched where batching pays.
+"""Query embeddings for concurrent searches on torch, off the event loop, batched.
 
-On torch, one thread embeds every query waiting: under load, queries arrive while a batch is
-being embedded and the next batch takes them all at once, so twenty concurrent searches cost
-about one batch instead of twenty model calls. On ONNX Runtime a padded batch costs more per
-query than single runs (13.7 vs 17–19 ms of CPU here), so one worker per core embeds one query
-at a time. A lone query waits for nothing (there is no batching window).
+One thread embeds every query waiting: under load, queries arrive while a batch is being
+embedded and the next batch takes them all at once, so twenty concurrent searches cost about one
+batch instead of twenty model calls. A lone query waits for nothing (there is no batching
+window). Only for embedders with `batch_queries` (torch): on ONNX Runtime a padded batch costs
+more per query than single runs (13.7 vs 17–19 ms of CPU here), so the server lets each search
+embed its own query in its worker thread instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import queue
 import threading
 
@@ -37,15 +37,12 @@ def _settle(future: asyncio.Future, value=None, error: BaseException | None = No
 
 
 class QueryBatcher:
-    def __init__(self, embedder, max_batch: int = 32, workers: int | None = None):
+    def __init__(self, embedder, max_batch: int = 32):
         self.embedder = embedder
-        batching = getattr(embedder, "batch_queries", True)
-        self.max_batch = max_batch if batching else 1
-        n = 1 if batching else (workers or os.cpu_count() or 1)
+        self.max_batch = max_batch
         self._queue: queue.Queue = queue.Queue()
-        self._threads = [threading.Thread(target=self._work, name=f"query-embedder-{i}", daemon=True) for i in range(n)]
-        for thread in self._threads:
-            thread.start()
+        self._thread = threading.Thread(target=self._work, name="query-embedder", daemon=True)
+        self._thread.start()
         self.batches = 0
         self.queries = 0
 
@@ -69,7 +66,6 @@ class QueryBatcher:
         while True:
             item = self._queue.get()
             if item is None:
-                self._queue.put(None)  # the next worker stops too
                 return
             batch = [item]
             while len(batch) < self.max_batch:
@@ -78,7 +74,7 @@ class QueryBatcher:
                 except queue.Empty:
                     break
                 if nxt is None:
-                    self._queue.put(None)
+                    self._queue.put(None)  # stop after this batch
                     break
                 batch.append(nxt)
             try:
