@@ -505,12 +505,6 @@ def run(twin, *, no_auth: bool = False, log_level: str = "warning") -> None:
     # Before torch loads: OpenMP threads that spin while waiting starve everything else on a
     # busy machine (measured: a query embedding took 377 ms instead of 14 ms at load 7 on 2 cores).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    # Searches run side by side, one per core, so numpy's BLAS gets one thread: with two, its idle
-    # worker spins after each matrix-vector product (two concurrent searches here: 10.5 → 6.1 ms of
-    # CPU each, 188 → 304 searches/s).
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1, user_api="blas")
     sock = bind(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
