@@ -92,6 +92,41 @@ def test_dpo_one_step_logs_margins_matches_hand_logps_and_registers(tmp_path):
     assert result.registry is not None and result.registry["ref"] == "twin-dpo@candidate", result.registry_note
 
 
+def test_dpo_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    """Killed after step 2 (checkpoint at step 1): the same call again resumes at step 1 and ends at 3,
+    with one metrics row per step."""
+    from transformers import TrainerCallback
+
+    from llmtwin.training import dpo
+    from llmtwin.training.recipe_pref import DPORecipe
+
+    pairs = _write(tmp_path / "pairs.jsonl", PAIRS)
+    recipe = DPORecipe(dataset=str(pairs), validation=str(pairs), r=2, alpha=4, max_len=48, batch_size=2,
+                       max_steps=3, save_steps=1, lr=1e-3)
+
+    class Kill(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 2:
+                raise KeyboardInterrupt
+
+    plain = dpo.scalar_callbacks
+    monkeypatch.setattr(dpo, "scalar_callbacks", lambda *a, **k: plain(*a, **k) + [Kill()])
+    with pytest.raises(KeyboardInterrupt):
+        dpo.train_dpo(recipe, tmp_path, progress=False, register=False)
+    [run] = list((tmp_path / ".twin" / "runs").iterdir())
+    assert not (run / "twin_model.json").exists()
+    assert [c.name for c in (run / "checkpoints").glob("checkpoint-*")] == ["checkpoint-1"]
+
+    monkeypatch.setattr(dpo, "scalar_callbacks", plain)
+    result = dpo.train_dpo(recipe, tmp_path, progress=False, register=False)
+    assert result.run_dir == run and result.resumed_from == 1
+    assert result.card["resumed_from_step"] == 1 and result.card["metrics"]["steps"] == 3
+    losses = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert losses == [1, 2, 3]
+    assert not (run / "checkpoints").exists() and (run / "model" / "adapter_config.json").is_file()
+
+
 def test_reward_book_counts_zero_std_groups():
     from llmtwin.training.grpo import RewardBook
 

@@ -23,6 +23,7 @@ def _report(result, as_json: bool, lines: list[str], extra: dict | None = None) 
     card = result.card
     if as_json:
         print(json.dumps({"run_dir": str(result.run_dir), "metrics": card["metrics"], **(extra or {}),
+                          "resumed_from_step": getattr(result, "resumed_from", None),
                           "registry": result.registry, "registry_note": result.registry_note,
                           "bad_lines": result.bad_lines}, indent=2))
         return
@@ -30,6 +31,8 @@ def _report(result, as_json: bool, lines: list[str], extra: dict | None = None) 
         print(f"  skipped {line}")
     if len(result.bad_lines) > 10:
         print(f"  … {len(result.bad_lines) - 10} more bad lines")
+    if getattr(result, "resumed_from", None) is not None:
+        print(f"resumed from step {result.resumed_from}")
     for line in lines:
         print(line)
     print(f"run: {result.run_dir}")
@@ -53,6 +56,7 @@ def dpo(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N optimizer steps."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe field, e.g. --set lr=1e-4."),
     run_name: Optional[str] = typer.Option(None, "--run-name", help="Run directory name under .twin/runs/."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Resume an unfinished identical run from its last checkpoint."),
     register: bool = typer.Option(True, "--register/--no-register", help="Register the model (alias candidate)."),
     name: Optional[str] = typer.Option(None, "--name", help="Registered model name (default twin-dpo)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -64,7 +68,7 @@ def dpo(
     recipe = build_pref_recipe("dpo", config, preset, set_, {"dataset": dataset, "validation": validation,
                                                             "base": base, "beta": beta, "max_steps": max_steps})
     root, cfg = _project_and_config()
-    result = train_dpo(recipe, root, run_name=run_name, register=register, name=name, config=cfg, progress=not as_json)
+    result = train_dpo(recipe, root, run_name=run_name, resume=resume, register=register, name=name, config=cfg, progress=not as_json)
     m, ev = result.card["metrics"], result.card["evaluation"]
     lines = [f"dpo: {m['steps']} steps in {m['train_seconds']:.0f}s, train loss {_fmt(m.get('final_train_loss'), '.4f')}"]
     if ev["held_out_pairs"]:
@@ -91,6 +95,7 @@ def grpo(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe field, e.g. --set max_new_tokens=48."),
     run_name: Optional[str] = typer.Option(None, "--run-name", help="Run directory name under .twin/runs/."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Resume an unfinished identical run from its last checkpoint."),
     register: bool = typer.Option(True, "--register/--no-register", help="Register the model (alias candidate)."),
     name: Optional[str] = typer.Option(None, "--name", help="Registered model name (default twin-grpo)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -103,7 +108,7 @@ def grpo(
         "prompts": prompts, "validation": validation, "reward": reward_spec or None, "base": base,
         "num_generations": num_generations, "beta": beta, "kl_stop": kl_stop, "max_steps": max_steps})
     root, cfg = _project_and_config()
-    result = train_grpo(recipe, root, run_name=run_name, register=register, name=name, config=cfg, progress=not as_json)
+    result = train_grpo(recipe, root, run_name=run_name, resume=resume, register=register, name=name, config=cfg, progress=not as_json)
     card, m = result.card, result.card["metrics"]
     lines = [
         f"grpo: {m['steps']} steps in {m['train_seconds']:.0f}s; mean reward {_fmt(m.get('first_reward'))} (step 1) → "

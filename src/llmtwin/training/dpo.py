@@ -243,7 +243,9 @@ def dpo_trainer(recipe: DPORecipe, model, tokenizer, train: list[dict], val: lis
         max_steps=steps or -1,
         eval_strategy="steps" if (recipe.eval_every and val) else "no",
         eval_steps=recipe.eval_every,
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=recipe.save_steps,
+        save_total_limit=1,  # the newest checkpoint is all a resume needs
         logging_steps=recipe.logging_steps,
         seed=recipe.seed,
         data_seed=recipe.seed,
@@ -273,8 +275,10 @@ def train_dpo(
     config=None,
     data: PrefData | None = None,
     progress: bool = True,
+    resume: bool = True,
 ) -> TrainResult:
-    """Train a LoRA adapter with DPO, score held-out pairs before/after, save the run, register it."""
+    """Train a LoRA adapter with DPO, score held-out pairs before/after, save the run, register it.
+    An interrupted run with the same recipe resumes from its last checkpoint (every `save_steps`)."""
     import torch
 
     from llmtwin.training.base_model import base_model_dir, load_causal_lm
@@ -282,7 +286,7 @@ def train_dpo(
 
     data = data or load_pref_data(recipe, project_root)
     recipe_json = recipe.model_dump_json(indent=2)
-    run_dir = prepare_run(project_root, "dpo-lora", recipe_json, run_name)
+    run_dir, checkpoint, resumed_from = runs.prepare(project_root, "dpo-lora", recipe_json, run_name, resume)
     metrics_path = run_dir / "metrics.jsonl"
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
@@ -298,7 +302,7 @@ def train_dpo(
         raise TwinError("DPO: TRL built a separate reference model for a LoRA policy (expected the adapter-off base)")
     started = time.perf_counter()
     try:
-        out = trainer.train()
+        out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     finally:
         for cb in callbacks:
             if isinstance(cb, Progress):
@@ -337,10 +341,11 @@ def train_dpo(
         "reference": "base model with the LoRA adapter disabled (no second copy)",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "run_name": run_dir.name,
+        "resumed_from_step": resumed_from,
         "bad_lines": len(data.bad_lines),
     }
     runs.write_card(run_dir, card)
-    result = TrainResult(run_dir, card, bad_lines=data.bad_lines)
+    result = TrainResult(run_dir, card, resumed_from=resumed_from, bad_lines=data.bad_lines)
     if register:
         result.registry, result.registry_note = runs.record(project_root, run_dir, name, config)
     return result

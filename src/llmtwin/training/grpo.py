@@ -19,6 +19,7 @@ Held-out prompts (`validation`) are scored with greedy completions before and af
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,7 +203,9 @@ def grpo_trainer(recipe: GRPORecipe, model, tokenizer, train: list[dict], reward
         learning_rate=recipe.lr,
         max_steps=recipe.max_steps,
         logging_steps=recipe.logging_steps,
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=recipe.save_steps,
+        save_total_limit=1,  # the newest checkpoint is all a resume needs
         seed=recipe.seed,
         data_seed=recipe.seed,
         report_to="none",
@@ -230,17 +233,15 @@ def train_grpo(
     name: str | None = None,
     config=None,
     progress: bool = True,
+    resume: bool = True,
 ) -> TrainResult:
+    """Train a LoRA policy with GRPO; an interrupted run with the same recipe resumes from its last
+    checkpoint (every `save_steps`)."""
     import torch
 
     from llmtwin.training.base_model import base_model_dir, load_causal_lm
-    from llmtwin.training.callbacks import Progress
-    from llmtwin.training.dpo import (
-        last_values,
-        lora_model,
-        prepare_run,
-        scalar_callbacks,
-    )
+    from llmtwin.training.callbacks import Progress, truncate_metrics
+    from llmtwin.training.dpo import last_values, lora_model, scalar_callbacks
     from llmtwin.training.rewards import CodeTests, parse_reward_spec
     from llmtwin.training.sft_data import file_hash, resolve_dataset
 
@@ -266,9 +267,12 @@ def train_grpo(
             raise TwinError(f"reward {spec!r} needs a `{col}` field in every prompt row of {train_path}")
 
     recipe_json = recipe.model_dump_json(indent=2)
-    run_dir = prepare_run(project_root, "grpo-lora", recipe_json, run_name)
+    run_dir, checkpoint, resumed_from = runs.prepare(project_root, "grpo-lora", recipe_json, run_name, resume)
     metrics_path, samples_path = run_dir / "metrics.jsonl", run_dir / "samples.jsonl"
-    samples_path.unlink(missing_ok=True)
+    if resumed_from is None:
+        samples_path.unlink(missing_ok=True)
+    else:  # the samples logged after the checkpoint are logged again
+        truncate_metrics(samples_path, resumed_from)
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
@@ -287,7 +291,7 @@ def train_grpo(
         raise TwinError("GRPO: TRL built a separate reference model for a LoRA policy (expected the adapter-off base)")
     started = time.perf_counter()
     try:
-        out = trainer.train()
+        out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     finally:
         for cb in callbacks:
             if isinstance(cb, Progress):
@@ -320,6 +324,7 @@ def train_grpo(
     model_dir = run_dir / "model"
     trainer.save_model(str(model_dir))
     tokenizer.save_pretrained(str(model_dir))
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     card = {
         "kind": "grpo",
         "method": "grpo",
@@ -335,10 +340,11 @@ def train_grpo(
         "code_isolation": isolation,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "run_name": run_dir.name,
+        "resumed_from_step": resumed_from,
         "bad_lines": len(bad),
     }
     runs.write_card(run_dir, card)
-    result = TrainResult(run_dir, card, bad_lines=bad)
+    result = TrainResult(run_dir, card, resumed_from=resumed_from, bad_lines=bad)
     if register:
         result.registry, result.registry_note = runs.record(project_root, run_dir, name, config)
     return result

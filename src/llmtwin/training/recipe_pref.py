@@ -20,6 +20,7 @@ class _PrefRecipe(BaseModel):
     threads: int | None = Field(None, ge=1)  # torch CPU threads (None: torch's default)
     logging_steps: int = Field(1, ge=1)
     max_minutes: float | None = Field(None, gt=0.0)  # stop (and save) after this long
+    save_steps: int = Field(25, ge=1)  # DPO/GRPO checkpoint interval: the same command again resumes from the last one
 
 
 class DPORecipe(_PrefRecipe):
