@@ -228,3 +228,31 @@ def test_constitutional_judge_with_a_reward_model(reward_run):
     assert report["judge"] == "reward_model" and report["n"] == 2 and report["judged"] == 1
     assert report["tie_rate"] == 0.5 and report["win_rate"] + report["loss_rate"] == 0.5
     assert report["mean_p_revision"] == pytest.approx(detail["p_first"], abs=1e-4)
+
+
+def test_reward_model_interrupted_run_resumes_where_it_stopped(tmp_path, smollm2_dir):
+    """Killed during step 3 (checkpoint at step 2): the same call again continues at step 3 with the
+    checkpoint's weights, optimizer and data order, and ends exactly as an uninterrupted run."""
+    from llmtwin.training.recipe_rl import RewardRecipe
+    from llmtwin.training.reward_model import train_reward
+
+    train = _pairs_file(tmp_path / "train.jsonl", PAIRS)
+    recipe = RewardRecipe(dataset=str(train), validation_fraction=0.0, r=2, alpha=4, max_len=48, batch_size=2,
+                          max_steps=4, save_steps=2)
+
+    def kill(step, steps, row):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_reward(recipe, tmp_path / "a", register=False, on_step=kill)
+    [run] = list((tmp_path / "a" / ".twin" / "runs").iterdir())
+    assert [c.name for c in (run / "checkpoints").iterdir()] == ["checkpoint-2"]
+    resumed = train_reward(recipe, tmp_path / "a", register=False)
+    assert resumed.run_dir == run and resumed.resumed_from == 2 and resumed.card["resumed_from_step"] == 2
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4] and not (run / "checkpoints").exists()
+
+    whole = train_reward(recipe, tmp_path / "b", register=False)
+    straight = [json.loads(x) for x in (whole.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in rows if "loss" in r] == pytest.approx([r["loss"] for r in straight if "loss" in r], abs=1e-5)

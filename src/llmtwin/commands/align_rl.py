@@ -88,6 +88,7 @@ def reward(
     run_name: str | None = typer.Option(None, "--run-name", help="Run directory name under .twin/runs/."),
     register: bool = typer.Option(True, "--register/--no-register", help="Register the model (alias candidate)."),
     name: str | None = typer.Option(None, "--name", help="Registered model name (default twin-reward)."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Resume an unfinished identical run from its last checkpoint."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Train a reward model (base LM + scalar head) on preference pairs with the pairwise loss."""
@@ -98,8 +99,11 @@ def reward(
                                                              "method": method, "base": base, "max_steps": max_steps})
     root, cfg = _project_and_config()
     with _StepProgress("Reward model", ("loss", "accuracy"), enabled=not as_json) as progress:
-        result = train_reward(recipe, root, run_name=run_name, register=register, name=name, config=cfg, on_step=progress)
+        result = train_reward(recipe, root, run_name=run_name, register=register, name=name, config=cfg, on_step=progress,
+                              resume=resume)
     m = result.card["metrics"]
+    if result.resumed_from is not None and not as_json:
+        print(f"resumed from step {result.resumed_from}")
     line = f"reward {recipe.method}: {m['steps']} steps in {m['train_seconds']:.0f}s, train loss {m['final_train_loss']:.4f}"
     if "eval_accuracy" in m:
         line += (f"; held-out pairwise accuracy {m['eval_accuracy_before']:.3f} → {m['eval_accuracy']:.3f} "

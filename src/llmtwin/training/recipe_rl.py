@@ -35,6 +35,7 @@ class RewardRecipe(_RLRecipe):
     max_steps: int | None = Field(None, ge=1)  # wins over epochs
     eval_every: int | None = Field(None, ge=1)  # steps between held-out accuracy checks (None: end only)
     margin_l2: float = Field(0.0, ge=0.0)  # + c·(r_chosen + r_rejected)² keeps scores centred (0: off)
+    save_steps: int = Field(25, ge=1)  # checkpoint interval: the same command again resumes from the last one
 
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else (1e-4 if self.method == "lora" else 1e-5)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ class RewardResult:
     bad_lines: list[str] = field(default_factory=list)
     registry: dict | None = None
     registry_note: str | None = None
+    resumed_from: int | None = None  # the checkpoint step training resumed at
 
 
 # ---------------------------------------------------------------- data
@@ -236,6 +238,45 @@ def load_scorer(recipe: RewardRecipe):
     return model, tokenizer, base_dir
 
 
+def _save_checkpoint(root: Path, step: int, model, optimizer, order: list[int], rng: random.Random,
+                     loss: float | None) -> None:
+    """checkpoints/checkpoint-N: the trainable weights, the optimizer, the data order and the RNGs;
+    written under a temporary name and renamed, then the older checkpoints removed."""
+    import torch
+
+    target = root / f"checkpoint-{step}"
+    tmp = root / f".tmp-checkpoint-{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    torch.save({"trainable": trainable, "optimizer": optimizer.state_dict(), "order": order, "loss": loss,
+                "rng": rng.getstate(), "torch_rng": torch.get_rng_state()}, tmp / "state.pt")
+    (tmp / "trainer_state.json").write_text(json.dumps({"global_step": step}), encoding="utf-8")  # runs.last_checkpoint
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    for old in root.glob("checkpoint-*"):
+        if old != target:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(path: Path, model, optimizer, rng: random.Random) -> tuple[list[int], int, float | None]:
+    """Restore a `_save_checkpoint`: (data order left, its step, its last loss)."""
+    import torch
+
+    state = torch.load(path / "state.pt", weights_only=False)
+    missing = set(state["trainable"]) - {n for n, _ in model.named_parameters()}
+    if missing:
+        raise TwinError(f"{path}: the checkpoint does not fit this model (e.g. {sorted(missing)[0]})")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state["trainable"].items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    rng.setstate(state["rng"])
+    torch.set_rng_state(state["torch_rng"])
+    return list(state["order"]), int(json.loads((path / "trainer_state.json").read_text())["global_step"]), state["loss"]
+
+
 def train_reward(
     recipe: RewardRecipe,
     project_root: Path,
@@ -245,8 +286,11 @@ def train_reward(
     name: str | None = None,
     config=None,
     on_step: StepCallback | None = None,
+    resume: bool = True,
 ) -> RewardResult:
-    """Train a reward model per `recipe`; save the run dir (kind "reward", plain HF `model/`); register it."""
+    """Train a reward model per `recipe`; save the run dir (kind "reward", plain HF `model/`); register it.
+    Every `save_steps` the trainable weights, the optimizer and the data order are checkpointed; an
+    interrupted run with the same recipe resumes from the last checkpoint."""
     import torch
 
     from llmtwin.models.packaged import quiet_transformers
@@ -276,15 +320,9 @@ def train_reward(
     if val_path is not None:
         hashes["validation"] = file_hash(val_path)
 
-    root = runs.runs_root(project_root)
-    run_dir = root / (run_name or runs.new_run_name(f"reward-{recipe.method}"))
-    if (run_dir / runs.CARD).exists():
-        raise TwinError(f"{run_dir}: this run is finished (twin_model.json exists); choose another --run-name")
-    run_dir.mkdir(parents=True, exist_ok=True)
     recipe_json = recipe.model_dump_json(indent=2)
-    (run_dir / runs.RECIPE).write_text(recipe_json, encoding="utf-8")
+    run_dir, checkpoint, resumed_from = runs.prepare(project_root, f"reward-{recipe.method}", recipe_json, run_name, resume)
     metrics_path = run_dir / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)
 
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
@@ -299,13 +337,16 @@ def train_reward(
             f.write(json.dumps(row) + "\n")
 
     before = pairwise_accuracy(model, tokenizer, held, recipe.max_len) if held else None
-    if before:
+    if before and resumed_from is None:
         log({"step": 0, **{f"eval_{k}": v for k, v in before.items() if k != "pairs"}})
     order: list[int] = []
     started = time.perf_counter()
     stopped, done, last_loss = "steps", 0, None
     torch.manual_seed(recipe.seed)
-    for step in range(1, steps + 1):
+    if checkpoint is not None:
+        order, done, last_loss = _load_checkpoint(checkpoint, model, optimizer, rng)
+
+    for step in range(done + 1, steps + 1):
         if recipe.max_minutes is not None and time.perf_counter() - started > recipe.max_minutes * 60:
             stopped = "time"
             break
@@ -332,6 +373,8 @@ def train_reward(
             ev = pairwise_accuracy(model, tokenizer, held, recipe.max_len)
             row.update({f"eval_{k}": v for k, v in ev.items() if k != "pairs"})
         log(row)
+        if step % recipe.save_steps == 0 and step != steps:
+            _save_checkpoint(run_dir / "checkpoints", step, model, optimizer, order, rng, last_loss)
         if on_step:
             on_step(step, steps, row)
     train_seconds = time.perf_counter() - started
@@ -345,6 +388,7 @@ def train_reward(
     with quiet_transformers():
         model.save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     metrics: dict[str, Any] = {"final_train_loss": last_loss, "steps": done, "train_seconds": train_seconds,
                                "train_pairs": len(train), "peak_rss_mb": runs.peak_rss_mb()}
     if after and before:
@@ -362,10 +406,11 @@ def train_reward(
         "stopped": stopped,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "run_name": run_dir.name,
+        "resumed_from_step": resumed_from,
         "bad_lines": len(bad),
     }
     runs.write_card(run_dir, card)
-    result = RewardResult(run_dir, card, bad_lines=bad)
+    result = RewardResult(run_dir, card, resumed_from=resumed_from, bad_lines=bad)
     if register:
         result.registry, result.registry_note = runs.record(project_root, run_dir, name, config)
     return result
