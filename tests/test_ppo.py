@@ -256,3 +256,34 @@ def test_reward_model_interrupted_run_resumes_where_it_stopped(tmp_path, smollm2
     whole = train_reward(recipe, tmp_path / "b", register=False)
     straight = [json.loads(x) for x in (whole.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in rows if "loss" in r] == pytest.approx([r["loss"] for r in straight if "loss" in r], abs=1e-5)
+
+
+
+def test_ppo_interrupted_run_resumes_where_it_stopped(tmp_path, smollm2_dir):
+    """Killed after step 2's checkpoint: the same call again continues at step 3 and ends with the
+    same per-step rewards and losses as an uninterrupted run (same rollouts, same updates)."""
+    from llmtwin.training.ppo import train_ppo
+    from llmtwin.training.recipe_rl import PPORecipe
+
+    recipe = PPORecipe(prompts=str(_prompts_file(tmp_path)), steps=3, batch_size=2, minibatch_size=2, ppo_epochs=1,
+                       max_new_tokens=6, r=2, alpha=4, lr=5e-4, sample_every=1, save_steps=1, seed=0)
+
+    def kill(step, steps, row):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_ppo(recipe, tmp_path / "a", reward=short_reward, register=False, on_step=kill)
+    [run] = list((tmp_path / "a" / ".twin" / "runs").iterdir())
+    assert [c.name for c in (run / "checkpoints").glob("checkpoint-*")] == ["checkpoint-2"]  # older ones removed
+    resumed = train_ppo(recipe, tmp_path / "a", reward=short_reward, register=False)
+    assert resumed.run_dir == run and resumed.resumed_from == 2 and resumed.card["resumed_from_step"] == 2
+    assert resumed.card["metrics"]["steps"] == 3 and not (run / "checkpoints").exists()
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert sorted({json.loads(x)["step"] for x in (run / "samples.jsonl").read_text().splitlines()}) == [1, 2, 3]
+
+    whole = train_ppo(recipe, tmp_path / "b", reward=short_reward, register=False)
+    straight = [json.loads(x) for x in (whole.run_dir / "metrics.jsonl").read_text().splitlines()]
+    for key in ("reward", "loss", "kl"):
+        assert [r[key] for r in rows] == pytest.approx([r[key] for r in straight], abs=1e-4), key

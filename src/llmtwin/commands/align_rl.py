@@ -143,6 +143,7 @@ def ppo(
     run_name: str | None = typer.Option(None, "--run-name", help="Run directory name under .twin/runs/."),
     register: bool = typer.Option(True, "--register/--no-register", help="Register the model (alias candidate)."),
     name: str | None = typer.Option(None, "--name", help="Registered model name (default twin-ppo)."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Resume an unfinished identical run from its last checkpoint."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """PPO on a LoRA policy with a value head: reward, per-token KL to the base, GAE, clipped losses."""
@@ -154,7 +155,10 @@ def ppo(
                                                           "kl_stop": kl_stop})
     root, cfg = _project_and_config()
     with _StepProgress("PPO", ("reward", "kl", "entropy", "value_loss"), enabled=not as_json) as progress:
-        result = train_ppo(recipe, root, register=register, name=name, config=cfg, run_name=run_name, on_step=progress)
+        result = train_ppo(recipe, root, register=register, name=name, config=cfg, run_name=run_name, on_step=progress,
+                           resume=resume)
+    if result.resumed_from is not None and not as_json:
+        print(f"resumed from step {result.resumed_from}")
     m = result.card["metrics"]
     line = (f"ppo: {m['steps']} steps in {m['train_seconds']:.0f}s (stopped: {result.stopped}); "
             f"reward {m['reward_first']:.3f} → {m['reward_last']:.3f}, KL last {m['kl_last']:.3f} (max {m['kl_max']:.3f})")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class PPOResult:
     bad_lines: list[str] = field(default_factory=list)
     registry: dict | None = None
     registry_note: str | None = None
+    resumed_from: int | None = None  # the checkpoint step training resumed at
 
 
 # ---------------------------------------------------------------- prompts
@@ -293,10 +295,13 @@ def train_ppo(
     name: str | None = None,
     config=None,
     on_step: StepCallback | None = None,
+    resume: bool = True,
 ) -> PPOResult:
     """Run PPO per `recipe`, save the run dir (shared contract, kind "ppo") and register it.
 
-    `reward` overrides the recipe's reward specs (a library caller's own function)."""
+    `reward` overrides the recipe's reward specs (a library caller's own function). Every
+    `save_steps` the adapter and value head, the optimizer, the prompt order, the RNG and the last
+    policy within the KL bound are checkpointed; an interrupted run with the same recipe resumes."""
     import torch
 
     from llmtwin.training import run_dir as runs
@@ -322,16 +327,15 @@ def train_ppo(
     if val_path is not None:
         hashes["validation"] = file_hash(val_path)
 
-    root = runs.runs_root(project_root)
-    run_dir = root / (run_name or runs.new_run_name("ppo-lora"))
-    if (run_dir / runs.CARD).exists():
-        raise TwinError(f"{run_dir}: this run is finished (twin_model.json exists); choose another --run-name")
-    run_dir.mkdir(parents=True, exist_ok=True)
     recipe_json = recipe.model_dump_json(indent=2)
-    (run_dir / runs.RECIPE).write_text(recipe_json, encoding="utf-8")
+    run_dir, checkpoint, resumed_from = runs.prepare(project_root, "ppo-lora", recipe_json, run_name, resume)
     metrics_path, samples_path = run_dir / "metrics.jsonl", run_dir / "samples.jsonl"
-    metrics_path.unlink(missing_ok=True)
-    samples_path.unlink(missing_ok=True)
+    if resumed_from is None:
+        samples_path.unlink(missing_ok=True)
+    else:  # the samples logged after the checkpoint are logged again
+        from llmtwin.training.callbacks import truncate_metrics
+
+        truncate_metrics(samples_path, resumed_from)
 
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
@@ -344,7 +348,14 @@ def train_ppo(
     order: list[int] = []
     started = time.perf_counter()
     stopped, history, last_safe = "steps", [], policy.adapter_state()
-    for step in range(1, recipe.steps + 1):
+    if checkpoint is not None:
+        state = runs.load_state(checkpoint)
+        policy.restore(state["trainable"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.setstate(state["rng"])
+        order, last_safe = list(state["order"]), state["last_safe"]
+        history = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines()]
+    for step in range((resumed_from or 0) + 1, recipe.steps + 1):
         if recipe.max_minutes is not None and time.perf_counter() - started > recipe.max_minutes * 60:
             stopped = "time"
             break
@@ -375,6 +386,9 @@ def train_ppo(
                 for r, text, s in list(zip(batch, rollout.texts, scores))[:4]:
                     f.write(json.dumps({"step": step, "prompt": r.text, "completion": text, "reward": s},
                                        ensure_ascii=False) + "\n")
+        if not over and step % recipe.save_steps == 0 and step != recipe.steps:
+            runs.save_state(run_dir, step, {"trainable": policy.adapter_state(), "optimizer": optimizer.state_dict(),
+                                            "order": order, "rng": rng.getstate(), "last_safe": last_safe})
         if on_step:
             on_step(step, recipe.steps, row)
         if over:
@@ -385,6 +399,7 @@ def train_ppo(
     eval_after = mean_reward(policy, tokenizer, held, reward_fn, recipe) if held else None
     model_dir = run_dir / "model"
     policy.save(model_dir, tokenizer)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     from llmtwin.training.base_model import base_model_dir
 
     n = len(history)
@@ -414,10 +429,11 @@ def train_ppo(
         "value_head": "model/value_head.safetensors",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "run_name": run_dir.name,
+        "resumed_from_step": resumed_from,
         "bad_lines": len(bad),
     }
     runs.write_card(run_dir, card)
-    result = PPOResult(run_dir, card, stopped, bad_lines=bad)
+    result = PPOResult(run_dir, card, stopped, bad_lines=bad, resumed_from=resumed_from)
     if register:
         result.registry, result.registry_note = runs.record(project_root, run_dir, name, config)
     return result

@@ -68,6 +68,7 @@ class PPORecipe(_RLRecipe):
     kl_stop: float | None = Field(None, gt=0.0)  # KL(policy‖base) per completion bound: stop and roll back past it
     whiten_advantages: bool = True
     missing_eos_penalty: float | None = None  # score −= this for completions cut at max_new_tokens
+    save_steps: int = Field(10, ge=1)  # checkpoint interval: the same command again resumes from the last one
     sample_every: int = Field(5, ge=1)  # steps between sample completions written to samples.jsonl
     eval_greedy: bool = True  # held-out prompts scored on greedy completions
 

@@ -238,43 +238,17 @@ def load_scorer(recipe: RewardRecipe):
     return model, tokenizer, base_dir
 
 
-def _save_checkpoint(root: Path, step: int, model, optimizer, order: list[int], rng: random.Random,
-                     loss: float | None) -> None:
-    """checkpoints/checkpoint-N: the trainable weights, the optimizer, the data order and the RNGs;
-    written under a temporary name and renamed, then the older checkpoints removed."""
+def _restore(model, trainable: dict, checkpoint: Path) -> None:
+    """Copy a checkpoint's trainable weights into `model` (the same recipe built it)."""
     import torch
 
-    target = root / f"checkpoint-{step}"
-    tmp = root / f".tmp-checkpoint-{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    torch.save({"trainable": trainable, "optimizer": optimizer.state_dict(), "order": order, "loss": loss,
-                "rng": rng.getstate(), "torch_rng": torch.get_rng_state()}, tmp / "state.pt")
-    (tmp / "trainer_state.json").write_text(json.dumps({"global_step": step}), encoding="utf-8")  # runs.last_checkpoint
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    for old in root.glob("checkpoint-*"):
-        if old != target:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _load_checkpoint(path: Path, model, optimizer, rng: random.Random) -> tuple[list[int], int, float | None]:
-    """Restore a `_save_checkpoint`: (data order left, its step, its last loss)."""
-    import torch
-
-    state = torch.load(path / "state.pt", weights_only=False)
-    missing = set(state["trainable"]) - {n for n, _ in model.named_parameters()}
-    if missing:
-        raise TwinError(f"{path}: the checkpoint does not fit this model (e.g. {sorted(missing)[0]})")
     params = dict(model.named_parameters())
+    missing = sorted(set(trainable) - set(params))
+    if missing:
+        raise TwinError(f"{checkpoint}: the checkpoint does not fit this model (e.g. {missing[0]})")
     with torch.no_grad():
-        for name, value in state["trainable"].items():
+        for name, value in trainable.items():
             params[name].copy_(value)
-    optimizer.load_state_dict(state["optimizer"])
-    rng.setstate(state["rng"])
-    torch.set_rng_state(state["torch_rng"])
-    return list(state["order"]), int(json.loads((path / "trainer_state.json").read_text())["global_step"]), state["loss"]
 
 
 def train_reward(
@@ -344,7 +318,12 @@ def train_reward(
     stopped, done, last_loss = "steps", 0, None
     torch.manual_seed(recipe.seed)
     if checkpoint is not None:
-        order, done, last_loss = _load_checkpoint(checkpoint, model, optimizer, rng)
+        state = runs.load_state(checkpoint)
+        _restore(model, state["trainable"], checkpoint)
+        optimizer.load_state_dict(state["optimizer"])
+        rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        order, done, last_loss = list(state["order"]), resumed_from, state["loss"]
 
     for step in range(done + 1, steps + 1):
         if recipe.max_minutes is not None and time.perf_counter() - started > recipe.max_minutes * 60:
@@ -374,7 +353,10 @@ def train_reward(
             row.update({f"eval_{k}": v for k, v in ev.items() if k != "pairs"})
         log(row)
         if step % recipe.save_steps == 0 and step != steps:
-            _save_checkpoint(run_dir / "checkpoints", step, model, optimizer, order, rng, last_loss)
+            runs.save_state(run_dir, step, {
+                "trainable": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
+                "optimizer": optimizer.state_dict(), "order": order, "loss": last_loss,
+                "rng": rng.getstate(), "torch_rng": torch.get_rng_state()})
         if on_step:
             on_step(step, steps, row)
     train_seconds = time.perf_counter() - started

@@ -32,6 +32,34 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+def save_state(run_dir: Path, step: int, state: dict) -> None:
+    """checkpoints/checkpoint-N of our own training loops (reward model, PPO): `state` (tensors,
+    optimizer state, data order, RNG states…) in state.pt, plus the trainer_state.json that
+    `last_checkpoint` looks for. Written under a temporary name and renamed; older ones removed."""
+    import shutil
+
+    import torch
+
+    root = run_dir / "checkpoints"
+    target, tmp = root / f"checkpoint-{step}", root / f".tmp-checkpoint-{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(state, tmp / "state.pt")
+    (tmp / "trainer_state.json").write_text(json.dumps({"global_step": step}), encoding="utf-8")
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    for old in root.glob("checkpoint-*"):
+        if old != target:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def load_state(checkpoint: Path) -> dict:
+    """What `save_state` wrote (a checkpoint of this project's own run: trusted, so not weights-only)."""
+    import torch
+
+    return torch.load(checkpoint / "state.pt", weights_only=False)
+
+
 def find_unfinished(root: Path, prefix: str, recipe_json: str) -> Path | None:
     """The newest run `<prefix>-*` with the same recipe, no twin_model.json yet and a checkpoint: resume it."""
     if not root.is_dir():
