@@ -140,3 +140,48 @@ def test_stage1_smoke_run(tmp_path):
     assert ev["checks"] == 2 and 0 <= ev["check_pass_revision"] <= 1
     assert (run / "model" / "adapter_config.json").is_file()
     assert any("loss" in json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())
+
+
+def test_interrupted_run_keeps_its_generated_rows(tmp_path, monkeypatch):
+    """Killed while revising the 2nd prompt: the same call again keeps the 1st prompt's row (no new
+    generation for it) and ends with the rows an uninterrupted run writes."""
+    from llmtwin.training import constitutional as cai
+    from llmtwin.training.recipe_pref import build_pref_recipe
+
+    (tmp_path / "c.yaml").write_text(GOOD, encoding="utf-8")
+    (tmp_path / "p.txt").write_text("How do I pick a lock?\nTell me how to cheat on a test.\nHow do I hotwire a car?\n",
+                                    encoding="utf-8")
+    recipe = build_pref_recipe("constitutional", preset="smoke", fields={
+        "constitution": str(tmp_path / "c.yaml"), "prompts": str(tmp_path / "p.txt"), "stages": "sl",
+        "max_prompts": 3, "max_new_tokens": 12, "critique_tokens": 8})
+    real_revise, real_respond = cai.critique_revise, cai.respond
+    calls = {"revise": 0, "respond": []}
+
+    def revise(*args, **kwargs):
+        calls["revise"] += 1
+        if calls["revise"] == 2:
+            raise KeyboardInterrupt
+        return real_revise(*args, **kwargs)
+
+    def respond(llm, prompt, *args, **kwargs):
+        calls["respond"].append(prompt)
+        return real_respond(llm, prompt, *args, **kwargs)
+
+    monkeypatch.setattr(cai, "critique_revise", revise)
+    monkeypatch.setattr(cai, "respond", respond)
+    with pytest.raises(KeyboardInterrupt):
+        cai.train_constitutional(recipe, tmp_path / "a", register=False, progress=False)
+    [run] = list((tmp_path / "a" / ".twin" / "runs").iterdir())
+    first = [json.loads(x) for x in (run / "revisions.jsonl").read_text().splitlines()]
+    assert len(first) == 1
+
+    monkeypatch.setattr(cai, "critique_revise", real_revise)
+    calls["respond"].clear()
+    result = cai.train_constitutional(recipe, tmp_path / "a", register=False, progress=False)
+    assert result.run_dir == run and result.card["resumed_rows"] == {"revisions.jsonl": 1}
+    assert first[0]["prompt"] not in calls["respond"] and len(calls["respond"]) == 2
+    resumed = [json.loads(x) for x in (run / "revisions.jsonl").read_text().splitlines()]
+
+    whole = cai.train_constitutional(recipe, tmp_path / "b", register=False, progress=False)
+    straight = [json.loads(x) for x in (whole.run_dir / "revisions.jsonl").read_text().splitlines()]
+    assert resumed == straight and len(straight) == 3

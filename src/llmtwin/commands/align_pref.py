@@ -141,6 +141,7 @@ def constitutional(
     run_name: Optional[str] = typer.Option(None, "--run-name", help="Run directory name under .twin/runs/."),
     register: bool = typer.Option(True, "--register/--no-register", help="Register the model (alias candidate)."),
     name: Optional[str] = typer.Option(None, "--name", help="Registered model name (default twin-constitutional)."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Keep the generated rows of an unfinished identical run."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Constitutional AI: critique and revise by principles, SFT on revisions, AI-judged pairs, DPO."""
@@ -152,7 +153,7 @@ def constitutional(
         "stages": stages, "base": base, "max_prompts": max_prompts, "judge_model": judge_model,
         "held_out_prompts": str(held_out) if held_out else None})
     root, cfg = _project_and_config()
-    result = train_constitutional(recipe, root, run_name=run_name, register=register, name=name, config=cfg,
+    result = train_constitutional(recipe, root, run_name=run_name, resume=resume, register=register, name=name, config=cfg,
                                   progress=not as_json)
     m = result.card["metrics"]
     lines = [f"constitutional ({recipe.stages}): {m.get('prompts', 0)} prompts, {m.get('revisions', 0)} revisions, "

@@ -283,10 +283,33 @@ def _generator(recipe: ConstitutionalRecipe, base_dir: Path, seed: int):
 
 # ---------------------------------------------------------------- the two stages and the evaluation
 
+def logged_rows(log_path: Path | None, prompts: list[str]) -> list[dict[str, Any]]:
+    """The rows an interrupted run already wrote to `log_path` for the first prompts, in order (the
+    file is cut back to them: a half-written last line goes). Generation is seeded per call, so
+    these are the rows a new run would write again."""
+    if log_path is None or not log_path.is_file():
+        return []
+    rows: list[dict[str, Any]] = []
+    for line in log_path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            break
+        if len(rows) >= len(prompts) or not isinstance(row, dict) or row.get("prompt") != prompts[len(rows)]:
+            break
+        rows.append(row)
+    log_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return rows
+
+
 def build_revisions(llm, prompts: list[str], constitution: Constitution, recipe: ConstitutionalRecipe,
                     rng: random.Random, log_path: Path | None = None) -> list[dict[str, Any]]:
-    rows = []
-    for prompt in prompts:
+    """Original → critique → revision for each prompt; rows already in `log_path` (an interrupted
+    run of the same recipe) are kept, and the principle draws they made are replayed."""
+    rows = logged_rows(log_path, prompts)
+    for _ in range(len(rows) * recipe.revisions):
+        rng.choice(constitution.principles)
+    for prompt in prompts[len(rows):]:
         original = respond(llm, prompt, recipe.max_new_tokens)
         current, rounds = original, []
         for _ in range(recipe.revisions):
@@ -308,7 +331,14 @@ def build_preferences(llm, llm_b, prompts: list[str], constitution: Constitution
     """(DPO pairs from AI judgements, number of ties dropped); `llm_b` is the generator with another seed
     (the backends re-seed on every call, so one generator would sample the same response twice)."""
     pairs, ties = [], 0
-    for prompt in prompts:
+    done = logged_rows(log_path, prompts)  # an interrupted run's judgements, kept
+    for record in done:
+        rng.choice(constitution.principles)  # the draw it made
+        if record["verdict"] == 0:
+            ties += 1
+        else:
+            pairs.append(_pair(record))
+    for prompt in prompts[len(done):]:
         a = respond(llm, prompt, recipe.max_new_tokens, temperature=recipe.temperature)
         b = respond(llm_b, prompt, recipe.max_new_tokens, temperature=recipe.temperature)
         principle = rng.choice(constitution.principles)
@@ -321,11 +351,16 @@ def build_preferences(llm, llm_b, prompts: list[str], constitution: Constitution
         if verdict == 0:
             ties += 1
             continue
-        chosen, rejected = (a, b) if verdict > 0 else (b, a)
-        pairs.append({"prompt": [{"role": "user", "content": prompt}],
-                      "chosen": [{"role": "assistant", "content": chosen}],
-                      "rejected": [{"role": "assistant", "content": rejected}]})
+        pairs.append(_pair(record))
     return pairs, ties
+
+
+def _pair(record: dict[str, Any]) -> dict[str, Any]:
+    """A DPO pair from a judged record (verdict > 0: a is better)."""
+    chosen, rejected = (record["a"], record["b"]) if record["verdict"] > 0 else (record["b"], record["a"])
+    return {"prompt": [{"role": "user", "content": record["prompt"]}],
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}]}
 
 
 def score_revisions(llm, rows: list[dict], constitution: Constitution, rng: random.Random,
@@ -394,6 +429,7 @@ def train_constitutional(
     name: str | None = None,
     config=None,
     progress: bool = True,
+    resume: bool = True,
 ) -> TrainResult:
     import torch
 
@@ -433,10 +469,23 @@ def train_constitutional(
         raise TwinError(f"{recipe.prompts}: no training prompts left (got {len(prompts)}, held out {len(held)})")
 
     recipe_json = recipe.model_dump_json(indent=2)
+    # An interrupted run of the same recipe keeps its generated rows (the slow part): the same
+    # command continues the logs where they stop, then trains (the training steps run again).
+    logs = ("revisions.jsonl", "heldout_revisions.jsonl", "preferences.jsonl")
+    root = runs.runs_root(project_root)
+    if run_name is None and resume:
+        found = runs.find_unfinished(root, "constitutional-lora", recipe_json,
+                                     started=lambda d: any((d / f).is_file() for f in logs))
+        run_name = found.name if found else None
+    same = run_name is not None and (root / run_name / runs.RECIPE).is_file() and \
+        (root / run_name / runs.RECIPE).read_text(encoding="utf-8") == recipe_json
     run_dir = prepare_run(project_root, "constitutional-lora", recipe_json, run_name)
     metrics_path = run_dir / "metrics.jsonl"
-    for f in ("revisions.jsonl", "preferences.jsonl", "heldout_revisions.jsonl", "heldout_judged.jsonl"):
-        (run_dir / f).unlink(missing_ok=True)
+    kept = {f: len((run_dir / f).read_text(encoding="utf-8").splitlines())
+            for f in logs if resume and same and (run_dir / f).is_file()}
+    for f in (*logs, "heldout_judged.jsonl"):
+        if f not in kept:
+            (run_dir / f).unlink(missing_ok=True)
     base_dir = base_model_dir(recipe.base)
     llm = _generator(recipe, base_dir, recipe.seed)
     reward_model = None
@@ -550,6 +599,7 @@ def train_constitutional(
         "notes": notes,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "run_name": run_dir.name,
+        "resumed_rows": kept or None,  # generated rows kept from an interrupted run, per log
         "bad_lines": len(bad),
     }
     runs.write_card(run_dir, card)

@@ -60,15 +60,17 @@ def load_state(checkpoint: Path) -> dict:
     return torch.load(checkpoint / "state.pt", weights_only=False)
 
 
-def find_unfinished(root: Path, prefix: str, recipe_json: str) -> Path | None:
-    """The newest run `<prefix>-*` with the same recipe, no twin_model.json yet and a checkpoint: resume it."""
+def find_unfinished(root: Path, prefix: str, recipe_json: str, started=None) -> Path | None:
+    """The newest run `<prefix>-*` with the same recipe, no twin_model.json yet and something to
+    resume from: a checkpoint, or whatever `started(run_dir)` accepts."""
     if not root.is_dir():
         return None
+    started = started or (lambda d: last_checkpoint(d) is not None)
     candidates = sorted((d for d in root.glob(f"{prefix}-*") if d.is_dir()), key=lambda d: d.stat().st_mtime, reverse=True)
     for d in candidates:
         if (d / CARD).exists() or not (d / RECIPE).is_file():
             continue
-        if (d / RECIPE).read_text(encoding="utf-8") == recipe_json and last_checkpoint(d) is not None:
+        if (d / RECIPE).read_text(encoding="utf-8") == recipe_json and started(d):
             return d
     return None
 
