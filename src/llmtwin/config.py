@@ -134,8 +134,8 @@ class StoreConfig(_Section):
     backend: Literal["lancedb"] = "lancedb"
     path: str = ".twin/store"  # relative to the project root
     memory_max_chunks: int = Field(200_000, ge=0)  # up to this many chunks, search runs on an in-memory copy
-    # The in-memory vectors: float16 halves their memory and a search's CPU under load (the matrix
-    # shares the cache with the query encoder), with fp32 accumulation; float32 is exact.
+    # The in-memory vectors: float16 halves their memory and cuts a search's CPU under load (the
+    # matrix shares the cache with the query encoder); scores at float16 resolution; float32 is exact.
     memory_dtype: Literal["float16", "float32"] = "float16"
 
 
