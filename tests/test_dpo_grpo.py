@@ -169,6 +169,40 @@ def test_grpo_kl_stop_samples_and_zero_std_report(tmp_path):
     assert (run / "model" / "adapter_config.json").is_file() and card["kind"] == "grpo"
 
 
+def test_grpo_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    from transformers import TrainerCallback
+
+    from llmtwin.training import dpo
+    from llmtwin.training.grpo import train_grpo
+    from llmtwin.training.recipe_pref import GRPORecipe
+
+    rows = [{"prompt": f"What is {a} plus {b}? Reply with just the number.", "answer": str(a + b)}
+            for a, b in [(2, 3), (4, 4), (1, 6)]]
+    recipe = GRPORecipe(prompts=str(_write(tmp_path / "prompts.jsonl", rows)), reward=["exact"], r=2, alpha=4,
+                        num_generations=2, prompts_per_step=1, max_new_tokens=4, max_steps=3, save_steps=1,
+                        sample_every=1)
+
+    class Kill(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 2:
+                raise KeyboardInterrupt
+
+    plain = dpo.scalar_callbacks
+    monkeypatch.setattr(dpo, "scalar_callbacks", lambda *a, **k: plain(*a, **k) + [Kill()])
+    with pytest.raises(KeyboardInterrupt):
+        train_grpo(recipe, tmp_path, register=False, progress=False)
+    [run] = list((tmp_path / ".twin" / "runs").iterdir())
+    assert [c.name for c in (run / "checkpoints").glob("checkpoint-*")] == ["checkpoint-1"]
+
+    monkeypatch.setattr(dpo, "scalar_callbacks", plain)
+    result = train_grpo(recipe, tmp_path, register=False, progress=False)
+    assert result.run_dir == run and result.resumed_from == 1 and result.card["metrics"]["steps"] == 3
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+             if "reward" in json.loads(line)]
+    assert steps == [1, 2, 3] and [c["step"] for c in result.card["reward_vs_kl"]] == [1, 2, 3]
+    assert not (run / "checkpoints").exists()
+
+
 def test_grpo_recipe_and_reward_columns_are_checked(tmp_path):
     from llmtwin.training.grpo import train_grpo
     from llmtwin.training.recipe_pref import GRPORecipe, build_pref_recipe
