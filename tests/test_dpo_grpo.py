@@ -92,17 +92,12 @@ def test_dpo_one_step_logs_margins_matches_hand_logps_and_registers(tmp_path):
     assert result.registry is not None and result.registry["ref"] == "twin-dpo@candidate", result.registry_note
 
 
-def test_dpo_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
-    """Killed after step 2 (checkpoint at step 1): the same call again resumes at step 1 and ends at 3,
-    with one metrics row per step."""
+def _kill_after_step_2(monkeypatch):
+    """Make the DPO/GRPO trainers raise KeyboardInterrupt at the end of step 2 (before its checkpoint
+    is saved); returns the real scalar_callbacks, to put back for the resumed run."""
     from transformers import TrainerCallback
 
     from llmtwin.training import dpo
-    from llmtwin.training.recipe_pref import DPORecipe
-
-    pairs = _write(tmp_path / "pairs.jsonl", PAIRS)
-    recipe = DPORecipe(dataset=str(pairs), validation=str(pairs), r=2, alpha=4, max_len=48, batch_size=2,
-                       max_steps=3, save_steps=1, lr=1e-3)
 
     class Kill(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
@@ -111,6 +106,20 @@ def test_dpo_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
 
     plain = dpo.scalar_callbacks
     monkeypatch.setattr(dpo, "scalar_callbacks", lambda *a, **k: plain(*a, **k) + [Kill()])
+    return plain
+
+
+def test_dpo_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    """Killed after step 2 (checkpoint at step 1): the same call again resumes at step 1 and ends at 3,
+    with one metrics row per step."""
+    from llmtwin.training import dpo
+    from llmtwin.training.recipe_pref import DPORecipe
+
+    pairs = _write(tmp_path / "pairs.jsonl", PAIRS)
+    recipe = DPORecipe(dataset=str(pairs), validation=str(pairs), r=2, alpha=4, max_len=48, batch_size=2,
+                       max_steps=3, save_steps=1, lr=1e-3)
+
+    plain = _kill_after_step_2(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         dpo.train_dpo(recipe, tmp_path, progress=False, register=False)
     [run] = list((tmp_path / ".twin" / "runs").iterdir())
@@ -170,8 +179,6 @@ def test_grpo_kl_stop_samples_and_zero_std_report(tmp_path):
 
 
 def test_grpo_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
-    from transformers import TrainerCallback
-
     from llmtwin.training import dpo
     from llmtwin.training.grpo import train_grpo
     from llmtwin.training.recipe_pref import GRPORecipe
@@ -182,13 +189,7 @@ def test_grpo_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch)
                         num_generations=2, prompts_per_step=1, max_new_tokens=4, max_steps=3, save_steps=1,
                         sample_every=1)
 
-    class Kill(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step == 2:
-                raise KeyboardInterrupt
-
-    plain = dpo.scalar_callbacks
-    monkeypatch.setattr(dpo, "scalar_callbacks", lambda *a, **k: plain(*a, **k) + [Kill()])
+    plain = _kill_after_step_2(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train_grpo(recipe, tmp_path, register=False, progress=False)
     [run] = list((tmp_path / ".twin" / "runs").iterdir())

@@ -67,9 +67,8 @@ def _term_at(words: list[str], i: int) -> int:
     for term in STRONG:
         n = len(term)
         if tuple(_norm(w) for w in words[i : i + n]) == term:
-            if term == ("rather",) or (n == 2 and term[1] == "rather"):
-                if i + n < len(words) and _norm(words[i + n]) == "than":
-                    return 0
+            if term[-1] == "rather" and i + n < len(words) and _norm(words[i + n]) == "than":
+                return 0  # "or rather than": part of the question
             return n
     return 1 if _norm(words[i]) in WEAK else 0
 

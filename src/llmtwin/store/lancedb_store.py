@@ -440,11 +440,9 @@ class _MemoryCache:
         self._bm25_lock = threading.Lock()
 
     def dense(self, vector: np.ndarray, limit: int, allowed: np.ndarray | None = None) -> list[Hit]:
-        if not self.chunks:
+        if not self.chunks or limit <= 0:
             return []
         scores = self._scores(np.ascontiguousarray(vector, dtype=np.float32))
-        if limit <= 0:
-            return []
         if allowed is None:
             limit = min(limit, len(scores))
             top = np.argpartition(-scores, limit - 1)[:limit] if limit < len(scores) else np.arange(len(scores))

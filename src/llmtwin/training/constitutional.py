@@ -481,8 +481,9 @@ def train_constitutional(
         (root / run_name / runs.RECIPE).read_text(encoding="utf-8") == recipe_json
     run_dir = prepare_run(project_root, "constitutional-lora", recipe_json, run_name)
     metrics_path = run_dir / "metrics.jsonl"
-    kept = {f: len((run_dir / f).read_text(encoding="utf-8").splitlines())
-            for f in logs if resume and same and (run_dir / f).is_file()}
+    # the rows each log keeps (logged_rows also cuts off a torn or stale tail; build_* read them again)
+    log_prompts = {"revisions.jsonl": train_prompts, "heldout_revisions.jsonl": held, "preferences.jsonl": train_prompts}
+    kept = {f: len(logged_rows(run_dir / f, log_prompts[f])) for f in logs if resume and same and (run_dir / f).is_file()}
     for f in (*logs, "heldout_judged.jsonl"):
         if f not in kept:
             (run_dir / f).unlink(missing_ok=True)

@@ -350,7 +350,7 @@ def train_ppo(
     stopped, history, last_safe = "steps", [], policy.adapter_state()
     if checkpoint is not None:
         state = runs.load_state(checkpoint)
-        policy.restore(state["trainable"])
+        runs.restore_trainable(policy, state["trainable"], checkpoint)
         optimizer.load_state_dict(state["optimizer"])
         rng.setstate(state["rng"])
         order, last_safe = list(state["order"]), state["last_safe"]

@@ -238,19 +238,6 @@ def load_scorer(recipe: RewardRecipe):
     return model, tokenizer, base_dir
 
 
-def _restore(model, trainable: dict, checkpoint: Path) -> None:
-    """Copy a checkpoint's trainable weights into `model` (the same recipe built it)."""
-    import torch
-
-    params = dict(model.named_parameters())
-    missing = sorted(set(trainable) - set(params))
-    if missing:
-        raise TwinError(f"{checkpoint}: the checkpoint does not fit this model (e.g. {missing[0]})")
-    with torch.no_grad():
-        for name, value in trainable.items():
-            params[name].copy_(value)
-
-
 def train_reward(
     recipe: RewardRecipe,
     project_root: Path,
@@ -319,7 +306,7 @@ def train_reward(
     torch.manual_seed(recipe.seed)
     if checkpoint is not None:
         state = runs.load_state(checkpoint)
-        _restore(model, state["trainable"], checkpoint)
+        runs.restore_trainable(model, state["trainable"], checkpoint)
         optimizer.load_state_dict(state["optimizer"])
         rng.setstate(state["rng"])
         torch.set_rng_state(state["torch_rng"])
@@ -354,7 +341,7 @@ def train_reward(
         log(row)
         if step % recipe.save_steps == 0 and step != steps:
             runs.save_state(run_dir, step, {
-                "trainable": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
+                "trainable": runs.trainable_state(model),
                 "optimizer": optimizer.state_dict(), "order": order, "loss": last_loss,
                 "rng": rng.getstate(), "torch_rng": torch.get_rng_state()})
         if on_step:

@@ -32,6 +32,26 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+def trainable_state(module) -> dict:
+    """A copy of `module`'s trainable weights (LoRA, heads): what a checkpoint or a rollback keeps."""
+    return {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def restore_trainable(module, state: dict, source: object = "the saved state") -> None:
+    """Copy `trainable_state` output back into `module` (built by the same recipe)."""
+    import torch
+
+    from llmtwin.errors import TwinError
+
+    params = dict(module.named_parameters())
+    missing = sorted(set(state) - set(params))
+    if missing:
+        raise TwinError(f"{source}: does not fit this model (e.g. {missing[0]})")
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
+
+
 def save_state(run_dir: Path, step: int, state: dict) -> None:
     """checkpoints/checkpoint-N of our own training loops (reward model, PPO): `state` (tensors,
     optimizer state, data order, RNG states…) in state.pt, plus the trainer_state.json that

@@ -94,13 +94,14 @@ class PolicyWithValue(torch.nn.Module):
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """A copy of the trainable weights (LoRA + value head): cheap to keep for a rollback."""
-        return {n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad}
+        from llmtwin.training.run_dir import trainable_state
+
+        return trainable_state(self)
 
     def restore(self, state: dict[str, torch.Tensor]) -> None:
-        params = dict(self.named_parameters())
-        with torch.no_grad():
-            for name, value in state.items():
-                params[name].copy_(value)
+        from llmtwin.training.run_dir import restore_trainable
+
+        restore_trainable(self, state)
 
     def save(self, directory: Path, tokenizer: Any) -> None:
         """PEFT adapter dir + tokenizer + value_head.safetensors."""
