@@ -32,11 +32,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # busy machine: spinning Op
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
 
-OFF = {"rerank": "off", "adapter": "off"}
+OFF = {"rerank": "off", "adapter": "off", "sentences": False}
 CONFIGS: dict[str, dict] = {  # retrieval.* overrides, each on top of plain hybrid
     "hybrid": {**OFF},  # the default fusion: min-max score fusion, equal weights
     "hybrid_rrf": {**OFF, "fusion": "rrf"},
     "hybrid_zscore": {**OFF, "fusion": "zscore"},
+    # best-sentence dense scores (needs --sentence-vectors: the store's sentences embedded once)
+    "sentences": {**OFF, "sentences": True},
+    "zscore+sentences": {**OFF, "fusion": "zscore", "sentences": True},
+    "dense_sentences": {**OFF, "mode": "dense", "sentences": True},
     "bm25": {**OFF, "mode": "bm25"},
     "dense": {**OFF, "mode": "dense"},
     "merge": {**OFF, "merge": True},
@@ -84,6 +88,8 @@ def main() -> None:
                         help="the first N of one fixed random order (seed 0): 200 ⊂ 1000; 8000 = all")
     parser.add_argument("--configs", default="hybrid,merge,mmr,rerank")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "retrieval_ablation.json")
+    parser.add_argument("--sentence-vectors", action="store_true",
+                        help="embed the sentences of chunks that have none yet (ingest.sentence_vectors) before searching")
     args = parser.parse_args()
 
     from llmtwin import Twin
@@ -94,8 +100,9 @@ def main() -> None:
     if args.queries < len(queries):  # one order, so that a smaller sample is a prefix of a larger one
         queries = random.Random(0).sample(queries, len(queries))[: args.queries]
     twin = Twin(args.project)
-    if not (twin.project.store_dir / "meta.json").exists():
-        twin.ingest([DATA / "disfl_qa_corpus.jsonl"])
+    twin.config.ingest.sentence_vectors = args.sentence_vectors
+    if args.sentence_vectors or not (twin.project.store_dir / "meta.json").exists():
+        twin.ingest([DATA / "disfl_qa_corpus.jsonl"])  # unchanged passages are skipped
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     twin.search("warm up", retrieval={"rerank": "auto"})
     if LLM_CONFIGS & set(args.configs.split(",")):

@@ -169,6 +169,7 @@ class Twin:
                 filters=planned.filters,
                 query_vector=vector,
                 sources=planned.sources,
+                sentences=cfg.sentences,
             )
 
         result = search_plan(planned, run_one, cfg.rrf_k)

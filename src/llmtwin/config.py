@@ -61,6 +61,9 @@ class IngestConfig(_Section):
     boilerplate_min_repeats: int = Field(3, ge=2)  # a line repeated this often in a document is dropped
     max_file_mb: float = Field(50.0, gt=0)
     batch_chunks: int = Field(256, ge=1)  # chunks embedded and committed together (a crash loses at most one batch)
+    # Embed each chunk's sentences too (feature/sentence_vectors.py): dense search then scores a
+    # chunk by its best sentence as well (retrieval.sentences). ~2x the embedding time at ingest.
+    sentence_vectors: bool = False
     exclude: list[str] = Field(default_factory=lambda: [".*", "node_modules", "__pycache__", ".venv", "venv"])
 
 
@@ -79,6 +82,7 @@ class RetrievalConfig(_Section):
     # sum; rrf = reciprocal ranks (Σ 1/(rrf_k + rank)). dense_weight is the dense list's share (score fusion).
     fusion: Literal["relative", "zscore", "rrf"] = "relative"
     dense_weight: float = Field(0.5, ge=0.0, le=1.0)
+    sentences: bool = True  # dense: a chunk scores max(its vector, its sentences') where the store has them
     rrf_k: int = Field(60, ge=1)
     # Post-retrieval stages (retrieval/pipeline.py), in this order: merge → rerank → mmr → top k →
     # window → compress. Each can also be set per request (Twin.search_explain(retrieval={...}), CLI flags).

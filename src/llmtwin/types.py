@@ -150,6 +150,7 @@ class IngestReport:
     failed: list[LoadFailure] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # files of a type llmtwin does not read
     chunks: int = 0  # chunks written by this run
+    sentences: int = 0  # sentence vectors embedded by this run (ingest.sentence_vectors)
     store_version: int = 0
     seconds: float = 0.0
 
@@ -163,6 +164,7 @@ class IngestReport:
             "failed": [f.to_dict() for f in self.failed],
             "skipped": self.skipped,
             "chunks": self.chunks,
+            "sentences": self.sentences,
             "store_version": self.store_version,
             "seconds": round(self.seconds, 3),
         }

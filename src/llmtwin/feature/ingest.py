@@ -67,6 +67,10 @@ def ingest(
     if plan.deletes:
         store.delete_documents(plan.deletes)
     report.chunks = _write(plan.writes, store, embedder, cfg.batch_chunks, progress)
+    if cfg.sentence_vectors:
+        from llmtwin.feature.sentence_vectors import embed_missing_sentences
+
+        report.sentences = embed_missing_sentences(store, embedder, cfg.batch_chunks)
     store.refresh_indexes()
     summary = {
         "added": len(report.added),
@@ -76,6 +80,7 @@ def ingest(
         "duplicates": len(report.duplicates),
         "failed": len(report.failed),
         "chunks_written": report.chunks,
+        "sentences_written": report.sentences,
         "chunks_total": store.count_chunks(),
         "embedder": embedder.name,
     }

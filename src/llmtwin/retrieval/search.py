@@ -178,9 +178,11 @@ def search(
     filters: dict[str, str] | None = None,
     query_vector=None,
     sources: list[str] | None = None,
+    sentences: bool = True,
 ) -> SearchResult:
     """`query_vector` replaces embedding `query` (HyDE, or a benchmark that embeds queries in batches).
-    `sources`: source globs, any of which may match (a routed collection), ANDed with `filters`."""
+    `sources`: source globs, any of which may match (a routed collection), ANDed with `filters`.
+    `sentences`: dense scores a chunk by its best sentence too, where the store has sentence vectors."""
     if not query.strip():
         raise TwinError("empty query")
     result = SearchResult(hits=[])
@@ -199,7 +201,7 @@ def search(
             vector = embedder.embed_query(query)
             result.timings["embed_query"] = time.perf_counter() - t
         t = time.perf_counter()
-        dense = store.dense_search(vector, depth, result.where)
+        dense = store.dense_search(vector, depth, result.where, sentences=sentences)
         for hit in dense:
             hit.scores["dense"] = hit.score
         result.stages["dense"] = dense

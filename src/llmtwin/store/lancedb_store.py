@@ -60,6 +60,17 @@ def _chunk_schema(dim: int) -> pa.Schema:
     ])
 
 
+def _sentence_schema(dim: int) -> pa.Schema:
+    """One row per sentence of a chunk (ingest.sentence_vectors): dense search scores a chunk by the
+    best of its own vector and its sentences' (a question often paraphrases one sentence)."""
+    return pa.schema([
+        ("chunk_id", pa.string()),
+        ("doc_id", pa.string()),
+        ("idx", pa.int32()),
+        ("vector", pa.list_(pa.float32(), dim)),
+    ])
+
+
 _SECTION_SCHEMA = pa.schema([
     ("section_id", pa.string()),
     ("doc_id", pa.string()),
@@ -116,15 +127,16 @@ class LanceStore:
         self.chunks = self._open("chunks", _chunk_schema(self.dim), existing)
         self.sections = self._open("sections", _SECTION_SCHEMA, existing)
         self.docs = self._open("documents", _DOC_SCHEMA, existing)
+        self.sentences = self._open("sentences", _sentence_schema(self.dim), existing)
         self.memory_max_chunks = memory_max_chunks
         self.memory_dtype = memory_dtype
         self._cache: _MemoryCache | None = None
-        self._fts_checked: int | None = None
-        # The chunks table's version as this handle last read it. A local table opened without a
-        # read-consistency interval sees no other handle's writes, so only our own writes move it:
-        # they reset it, and searches skip the round trip to LanceDB's event-loop thread (two per
-        # hybrid search, which serialised concurrent searches behind that one thread).
-        self._chunks_version: int | None = None
+        self._fts_checked: tuple[int, int] | None = None
+        # The (chunks, sentences) table versions as this handle last read them. A local table opened
+        # without a read-consistency interval sees no other handle's writes, so only our own writes
+        # move them: they reset it, and searches skip the round trip to LanceDB's event-loop thread
+        # (two per hybrid search, which serialised concurrent searches behind that one thread).
+        self._chunks_version: tuple[int, int] | None = None
         self._chunk_writes = 0  # finished writes: a version read across one is not kept
         self._fts_present = False
 
@@ -231,11 +243,50 @@ class LanceStore:
             return
         where = sql_in("doc_id", sorted({d.doc_id for d in docs}))
         self._replace(self.sections, "section_id", _sections_table(sections), where)
+        if self.sentences.count_rows() > 0:  # sentence rows of chunks that are no longer there
+            stale = f"{where} AND NOT ({sql_in('chunk_id', [c.chunk_id for c in chunks])})" if chunks else where
+            try:
+                self.sentences.delete(stale)
+            finally:
+                self._written()
         try:
             self._replace(self.chunks, "chunk_id", _chunks_table(chunks, vectors, self.dim), where)
         finally:
             self._written()
         self.put_records(docs)
+
+    def chunks_without_sentences(self) -> list[str]:
+        """Ids of the chunks that have no sentence rows yet (ingest.sentence_vectors fills them in)."""
+        have = set(self.sentences.to_arrow().column("chunk_id").to_pylist()) if self.sentences.count_rows() else set()
+        ids = self.chunks.to_arrow().column("chunk_id").to_pylist()
+        return [c for c in ids if c not in have]
+
+    def add_sentences(self, chunks: list[Chunk], vectors: np.ndarray) -> None:
+        """Sentence vectors in the order of their chunks (`chunks[i]` owns `vectors[i]`; a chunk's
+        rows come together, in sentence order). Rows the chunks already had are replaced."""
+        if not chunks:
+            return
+        owners = list(dict.fromkeys(c.chunk_id for c in chunks))
+        idx: dict[str, int] = {}
+        numbers = []
+        for c in chunks:
+            numbers.append(idx.get(c.chunk_id, 0))
+            idx[c.chunk_id] = numbers[-1] + 1
+        flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), pa.float32())
+        rows = pa.table(
+            {
+                "chunk_id": [c.chunk_id for c in chunks],
+                "doc_id": [c.doc_id for c in chunks],
+                "idx": pa.array(numbers, pa.int32()),
+                "vector": pa.FixedSizeListArray.from_arrays(flat, self.dim),
+            },
+            schema=_sentence_schema(self.dim),
+        )
+        try:
+            self.sentences.delete(sql_in("chunk_id", owners))
+            self.sentences.add(rows)
+        finally:
+            self._written()
 
     def put_records(self, docs: list[DocRecord]) -> None:
         """Rewrite document records only (their chunks stay as they are)."""
@@ -262,6 +313,7 @@ class LanceStore:
         for start in range(0, len(doc_ids), 500):
             where = sql_in("doc_id", doc_ids[start : start + 500])
             try:
+                self.sentences.delete(where)
                 self.chunks.delete(where)
             finally:
                 self._written()
@@ -286,6 +338,11 @@ class LanceStore:
             self._written()
         self.sections.optimize()
         self.docs.optimize()
+        if self.sentences.count_rows() > 0:
+            try:
+                self.sentences.optimize()
+            finally:
+                self._written()
 
     # -- versions --------------------------------------------------------------
     @property
@@ -313,6 +370,7 @@ class LanceStore:
                 "chunks": self.chunks.version,
                 "sections": self.sections.version,
                 "documents": self.docs.version,
+                "sentences": self.sentences.version,
             },
             summary=summary,
         )
@@ -321,11 +379,16 @@ class LanceStore:
         return version
 
     # -- search ----------------------------------------------------------------
-    def dense_search(self, vector: np.ndarray, limit: int, where: str | None = None) -> list[Hit]:
-        """Exact cosine search: in memory when the table fits the cache (a filter is a row mask)."""
+    def dense_search(
+        self, vector: np.ndarray, limit: int, where: str | None = None, sentences: bool = True
+    ) -> list[Hit]:
+        """Exact cosine search: in memory when the table fits the cache (a filter is a row mask).
+        `sentences`: a chunk scores the best of its vector and its sentences' where the store has
+        sentence vectors (in memory only: LanceDB's own search reads the chunk vectors)."""
         cache = self._memory()
         if cache is not None:
-            return cache.dense(np.asarray(vector, dtype=np.float32), limit, self._allowed(cache, where))
+            vector = np.asarray(vector, dtype=np.float32)
+            return cache.dense(vector, limit, self._allowed(cache, where), sentences=sentences)
         query = (
             self.chunks.search(vector, vector_column_name="vector")
             .distance_type("cosine")
@@ -383,15 +446,16 @@ class LanceStore:
         return builder.to_list()
 
     def _written(self) -> None:
-        """After every write to the chunks table (in `finally`: a failed write may have committed)."""
+        """After every write to the chunks or sentences table (in `finally`: a failed write may have
+        committed)."""
         self._chunk_writes += 1
         self._chunks_version = None
 
-    def _version(self) -> int:
+    def _version(self) -> tuple[int, int]:
         version = self._chunks_version
         if version is None:
             writes = self._chunk_writes
-            version = self.chunks.version
+            version = (self.chunks.version, self.sentences.version)
             if writes == self._chunk_writes:  # no write finished meanwhile: the value is current
                 self._chunks_version = version
         return version
@@ -411,38 +475,65 @@ class LanceStore:
         self._cache = None
         if self.memory_max_chunks <= 0 or self.chunks.count_rows() > self.memory_max_chunks:
             return None
-        self._cache = _MemoryCache(version, self.chunks.to_arrow(), self.memory_dtype)
+        sentences = self.sentences.to_arrow().select(["chunk_id", "vector"]) if self.sentences.count_rows() else None
+        self._cache = _MemoryCache(version, self.chunks.to_arrow(), self.memory_dtype, sentences)
         return self._cache
 
 
-class _MemoryCache:
-    """Chunk rows, a normalised vector matrix and (built on first use) a BM25 index: exact dense
-    search in ~1 ms and BM25 in well under 1 ms at 10k chunks."""
+def _unit_matrix(table: pa.Table, dtype: str):
+    """The table's `vector` column as a row-normalised matrix: a float16 torch tensor (numpy has no
+    fast float16 matrix-vector product) or a float32 numpy array."""
+    n = table.num_rows
+    flat = table.column("vector").combine_chunks().flatten().to_numpy() if n else np.zeros(0, np.float32)
+    matrix = flat.reshape(n, -1).astype(np.float32, copy=False)
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True) if n else np.ones((0, 1), np.float32)
+    matrix = matrix / np.maximum(norms, 1e-12)
+    if dtype == "float16":
+        import torch
 
-    def __init__(self, version: int, table: pa.Table, dtype: str = "float16"):
+        return torch.from_numpy(np.ascontiguousarray(matrix)).half()
+    return np.ascontiguousarray(matrix, dtype=np.float32)
+
+
+def _mv(matrix, unit: np.ndarray) -> np.ndarray:
+    if isinstance(matrix, np.ndarray):
+        return matrix @ unit
+    import torch
+
+    with torch.inference_mode():
+        return torch.mv(matrix, torch.from_numpy(unit).half()).float().numpy()
+
+
+class _MemoryCache:
+    """Chunk rows, a normalised vector matrix, the sentence vectors if any, and (built on first use)
+    a BM25 index: exact dense search in ~1 ms and BM25 in well under 1 ms at 10k chunks."""
+
+    def __init__(self, version: tuple[int, int], table: pa.Table, dtype: str = "float16",
+                 sentences: pa.Table | None = None):
         self.version = version
         rows = table.drop_columns(["vector"]).to_pylist()
         self.chunks = [_row_to_chunk(row) for row in rows]
         self.row = {c.chunk_id: i for i, c in enumerate(self.chunks)}
-        n = table.num_rows
-        flat = table.column("vector").combine_chunks().flatten().to_numpy() if n else np.zeros(0, np.float32)
-        matrix = flat.reshape(n, -1).astype(np.float32, copy=False)
-        norms = np.linalg.norm(matrix, axis=1, keepdims=True) if n else np.ones((0, 1), np.float32)
-        matrix = matrix / np.maximum(norms, 1e-12)
-        if dtype == "float16":  # a torch tensor: numpy has no fast float16 matrix-vector product
-            import torch
-
-            self.matrix = torch.from_numpy(np.ascontiguousarray(matrix)).half()
-        else:
-            self.matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+        self.matrix = _unit_matrix(table, dtype)
+        # Sentence vectors sorted by their chunk's row: a chunk's sentence scores are one segment,
+        # reduced with np.maximum.reduceat (`starts`) onto the rows in `owners`.
+        self.sentences = None
+        if sentences is not None and sentences.num_rows:
+            owner = np.array([self.row.get(c, -1) for c in sentences.column("chunk_id").to_pylist()])
+            keep = np.flatnonzero(owner >= 0)  # rows of chunks still in this snapshot
+            keep = keep[np.argsort(owner[keep], kind="stable")]
+            if len(keep):
+                owners, starts = np.unique(owner[keep], return_index=True)
+                self.sentences = (_unit_matrix(sentences.take(keep), dtype), owners, starts)
         self.masks: dict[str, np.ndarray] = {}  # filter → allowed rows (LanceStore._allowed)
         self._bm25 = None
         self._bm25_lock = threading.Lock()
 
-    def dense(self, vector: np.ndarray, limit: int, allowed: np.ndarray | None = None) -> list[Hit]:
+    def dense(self, vector: np.ndarray, limit: int, allowed: np.ndarray | None = None,
+              sentences: bool = True) -> list[Hit]:
         if not self.chunks or limit <= 0:
             return []
-        scores = self._scores(np.ascontiguousarray(vector, dtype=np.float32))
+        scores = self._scores(np.ascontiguousarray(vector, dtype=np.float32), sentences)
         if allowed is None:
             limit = min(limit, len(scores))
             top = np.argpartition(-scores, limit - 1)[:limit] if limit < len(scores) else np.arange(len(scores))
@@ -455,20 +546,21 @@ class _MemoryCache:
         top = top[np.lexsort((top, -scores[top]))]  # by score, then table order: deterministic
         return [Hit(self.chunks[i], float(scores[i])) for i in top]
 
-    def _scores(self, vector: np.ndarray) -> np.ndarray:
-        """Cosine of every chunk with `vector`, one matrix-vector product per query: OpenBLAS
-        multiplies a few stacked queries far slower than one by one (2: 4.6 ms vs 2 × 0.55 ms here).
+    def _scores(self, vector: np.ndarray, sentences: bool = True) -> np.ndarray:
+        """Cosine of every chunk with `vector` (with `sentences`: the best of the chunk's and its
+        sentences'), one matrix-vector product per matrix and query: OpenBLAS multiplies a few
+        stacked queries far slower than one by one (2: 4.6 ms vs 2 × 0.55 ms here).
         float16: the scores come back at float16 resolution (~5e-4 near 1; ties then go by table
         order); a 14k × 384 matrix is 11 MB instead of 22, and two concurrent searches cost 4.8
         instead of 6.5 ms of CPU each (the query encoder's weights and the matrix then fit the
         cache together); nDCG@10 on all 8,000 disfl_qa questions is unchanged."""
         unit = vector / max(float(np.linalg.norm(vector)), 1e-12)
-        if isinstance(self.matrix, np.ndarray):
-            return self.matrix @ unit
-        import torch
-
-        with torch.inference_mode():
-            return torch.mv(self.matrix, torch.from_numpy(unit).half()).float().numpy()
+        scores = _mv(self.matrix, unit)
+        if sentences and self.sentences is not None:
+            matrix, owners, starts = self.sentences
+            best = np.maximum.reduceat(_mv(matrix, unit), starts)
+            scores[owners] = np.maximum(scores[owners], best)
+        return scores
 
     def text(self, query: str, limit: int, allowed: np.ndarray | None = None) -> list[Hit]:
         if self._bm25 is None:
