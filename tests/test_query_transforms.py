@@ -134,6 +134,9 @@ def test_score_fusion_by_hand():
     for cid in "abcd":
         assert z[cid] == pytest.approx(0.25 * zd.get(cid, -1.2247449) + 0.75 * zb.get(cid, -1.0), abs=1e-6)
     assert [h.score for h in score_fusion([hits(x=3.0), []], [0.5, 0.5])] == [0.5]  # one hit: normalised to 1
+    top = score_fusion([dense, bm25], [0.5, 0.5], limit=2)  # only the best two are built
+    assert [(h.chunk.chunk_id, h.score) for h in top] == [(h.chunk.chunk_id, h.score) for h in fused[:2]]
+    assert top[0].scores == {"relative": pytest.approx(0.75)} and top[0].chunk is dense[1].chunk  # the first list's
 
 
 def test_search_with_transforms_records_each_stage(twin):
