@@ -109,6 +109,8 @@ def test_dense_score_is_the_best_of_chunk_and_sentences(twin, embedder):
     harbour = next(c for c, d in doc_of(twin).items() if d == "corpus/harbour.md")
     # the one sentence about the lighthouse matches far better than the five-sentence chunk
     assert with_s[harbour] > without[harbour] + 0.1
+    best = store.dense_search(q, 1)  # re-scored before the cut to `limit`
+    assert [h.chunk.chunk_id for h in best] == [harbour] and best[0].score == pytest.approx(with_s[harbour])
     # and the config switch reaches search: the same numbers through Twin.search_explain
     on = twin.search_explain(query, k=3, mode="dense").hits
     off = twin.search_explain(query, k=3, mode="dense", retrieval={"sentences": False}).hits
