@@ -51,7 +51,7 @@ def embed_missing_sentences(
             else:
                 owners += [chunk] * len(sentences)
                 texts += sentences
-        parts = [np.asarray(embedder.embed_passages(texts), dtype=np.float32)] if texts else []
+        parts = [np.asarray(embedder.embed_sentences(texts), dtype=np.float32)] if texts else []
         if whole:
             own = store.get_vectors([c.chunk_id for c in whole])
             whole = [c for c in whole if c.chunk_id in own]

