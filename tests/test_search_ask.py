@@ -55,7 +55,8 @@ def test_modes_find_the_right_chunk(twin, mode):
 
 def test_dense_in_memory_float16_matches_float32_and_lancedb(twin, embedder):
     """The in-memory copy's float16 vectors (the default) rank as float32 and as LanceDB's own
-    exact search do, with scores within float16's resolution."""
+    exact search do, with scores within float16's resolution (sentence vectors included: LanceDB's
+    path re-scores its pool with them too)."""
     import numpy as np
 
     from llmtwin.store.lancedb_store import LanceStore

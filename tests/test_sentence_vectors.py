@@ -12,6 +12,8 @@ import pytest
 
 from llmtwin import Twin
 from llmtwin.feature.sentence_vectors import chunk_sentences, embed_missing_sentences
+from llmtwin.store.lancedb_store import LanceStore
+from llmtwin.types import Chunk
 
 HARBOUR = (
     "The old harbour town grew rich on the herring trade during the fifteenth century. "
@@ -112,6 +114,11 @@ def test_dense_score_is_the_best_of_chunk_and_sentences(twin, embedder):
     harbour = next(c for c, d in doc_of(twin).items() if d == "corpus/harbour.md")
     # the one sentence about the lighthouse matches far better than the five-sentence chunk
     assert with_s[harbour] > without[harbour] + 0.1
+    # LanceDB's own search (stores over store.memory_max_chunks) re-scores the same way, in float32
+    lance = LanceStore(twin.project.store_dir, memory_max_chunks=0)
+    on_disk = {h.chunk.chunk_id: h.score for h in lance.dense_search(q, 10)}
+    assert lance._memory() is None and on_disk == pytest.approx(with_s, abs=2e-3)
+    assert [h.chunk.chunk_id for h in lance.dense_search(q, 1)] == [harbour]
     best = store.dense_search(q, 1)  # re-scored before the cut to `limit`
     assert [h.chunk.chunk_id for h in best] == [harbour] and best[0].score == pytest.approx(with_s[harbour])
     # and the config switch reaches search: the same numbers through Twin.search_explain
@@ -178,3 +185,14 @@ def test_turned_on_later_fills_in_and_an_interrupted_fill_resumes(tmp_path, embe
     assert len(rows) == 3 and store.chunks_without_sentences() == []
     assert 0 < resumed.sentences < 8  # only what the interrupted run had not done
     assert sum(len(v) for v in rows.values()) == 5 + 3 + 1
+
+
+def test_headings_lead_their_sentences_instead_of_being_one():
+    text = "## Diet\n\nThey graze at night on grasses and sedges. They can go without water for weeks. Yes."
+    chunk = Chunk("c", "guide.md", "guide.md", text, 0, len(text), heading_path=["Quokka Field Guide", "Diet"])
+    assert chunk_sentences(chunk) == [
+        "Quokka Field Guide > Diet: They graze at night on grasses and sedges.",
+        "Quokka Field Guide > Diet: They can go without water for weeks.",
+    ]
+    plain = Chunk("d", "notes.txt", "notes.txt", "One two three four. Five six seven eight.", 0, 41)
+    assert chunk_sentences(plain) == ["One two three four.", "Five six seven eight."]

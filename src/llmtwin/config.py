@@ -62,8 +62,9 @@ class IngestConfig(_Section):
     max_file_mb: float = Field(50.0, gt=0)
     batch_chunks: int = Field(256, ge=1)  # chunks embedded and committed together (a crash loses at most one batch)
     # Embed each chunk's sentences too (feature/sentence_vectors.py): dense search then scores a
-    # chunk by its best sentence as well (retrieval.sentences). ~2x the embedding time at ingest.
-    sentence_vectors: bool = False
+    # chunk by its best sentence as well (retrieval.sentences). disfl_qa: hybrid nDCG@10 +0.9
+    # points, dense +4.2; ingest +34 % time; ~4 KB of memory per chunk while searching.
+    sentence_vectors: bool = True
     exclude: list[str] = Field(default_factory=lambda: [".*", "node_modules", "__pycache__", ".venv", "venv"])
 
 

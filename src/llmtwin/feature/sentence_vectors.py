@@ -3,8 +3,9 @@ that dense search can score a chunk by the best of its own vector and its senten
 
 A question usually asks about one sentence of a passage; averaged into a 250-token chunk vector
 that sentence is diluted by the rest. On disfl_qa, dense nDCG@10 went 0.813 → 0.853 with the max
-over sentences, and hybrid +0.4–0.5 points (docs/BENCHMARKS.md). The price: about twice the
-embedding time at ingest, and a sentence matrix beside the chunk matrix in memory at search time.
+over sentences, and hybrid 0.926 → 0.935 (docs/BENCHMARKS.md). The price: a third more ingest
+time (the sentences run one at a time on the ONNX query encoder, Embedder.embed_sentences), and a
+sentence matrix beside the chunk matrix in memory at search time.
 
 Filled in after the chunks are written, for every chunk that has no sentence rows yet: an
 interrupted run, or a store ingested before the option was on, is completed by the next ingest.
@@ -25,9 +26,21 @@ MIN_WORDS = 4  # shorter sentences (headings, "Yes.", list labels) are left to t
 
 
 def chunk_sentences(chunk: Chunk) -> list[str]:
-    """The sentences of a chunk that get a vector of their own."""
-    texts = (chunk.text[a:b] for a, b in sentence_spans(chunk.text))
-    return [t for t in texts if len(t.split()) >= MIN_WORDS]
+    """The sentences of a chunk that get a vector of their own, each after its heading path.
+
+    Heading lines are left out, and the headings lead each sentence instead ("Quokka Field Guide >
+    Diet: They graze at night…"): on its own a sentence loses what the chunk is about, and a
+    bare heading matched questions on its topic better than the chunk that answers them."""
+    headings = {h.strip().lower() for h in chunk.heading_path}
+    context = " > ".join(h.strip() for h in chunk.heading_path if h.strip())
+    out = []
+    for a, b in sentence_spans(chunk.text):
+        text = chunk.text[a:b]
+        if text.startswith("#") or text.strip("#=-~*` \t").lower() in headings:
+            continue
+        if len(text.split()) >= MIN_WORDS:
+            out.append(f"{context}: {text}" if context else text)
+    return out
 
 
 def embed_missing_sentences(

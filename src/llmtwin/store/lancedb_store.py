@@ -386,23 +386,48 @@ class LanceStore:
         self, vector: np.ndarray, limit: int, where: str | None = None, sentences: bool = True
     ) -> list[Hit]:
         """Exact cosine search: in memory when the table fits the cache (a filter is a row mask).
-        `sentences`: a chunk scores the best of its vector and its sentences' where the store has
-        sentence vectors (in memory only: LanceDB's own search reads the chunk vectors)."""
+        `sentences`: where the store has sentence vectors, the best SENTENCE_POOL chunks (at least
+        `limit`) are re-scored with the best of their own and their sentences' cosines."""
         cache = self._memory()
         if cache is not None:
             vector = np.asarray(vector, dtype=np.float32)
             return cache.dense(vector, limit, self._allowed(cache, where), sentences=sentences)
+        rescore = sentences and limit > 0 and self.sentences.count_rows() > 0
         query = (
             self.chunks.search(vector, vector_column_name="vector")
             .distance_type("cosine")
             .select(_HIT_COLUMNS + ["_distance"])
-            .limit(limit)
+            .limit(max(limit, SENTENCE_POOL) if rescore else limit)
         )
         if where:
             query = query.where(where, prefilter=True)
-        return [
-            Hit(_row_to_chunk(row), 1.0 - float(row["_distance"])) for row in query.to_list()
-        ]
+        hits = [Hit(_row_to_chunk(row), 1.0 - float(row["_distance"])) for row in query.to_list()]
+        if rescore and hits:
+            unit = np.asarray(vector, dtype=np.float32)
+            unit = unit / max(float(np.linalg.norm(unit)), 1e-12)
+            found = self.sentence_vectors([h.chunk.chunk_id for h in hits])
+            for hit in hits:
+                rows = found.get(hit.chunk.chunk_id)
+                if rows is not None:
+                    hit.score = max(hit.score, float((rows @ unit).max()))
+            hits = sorted(hits, key=lambda h: -h.score)[:limit]
+        return hits
+
+    def sentence_vectors(self, chunk_ids: list[str]) -> dict[str, np.ndarray]:
+        """Stored sentence vectors of these chunks (row-normalised), by chunk id."""
+        out: dict[str, list[np.ndarray]] = {}
+        for start in range(0, len(chunk_ids), 500):
+            table = (
+                self.sentences.search().where(sql_in("chunk_id", chunk_ids[start : start + 500]))
+                .select(["chunk_id", "vector"]).limit(None).to_arrow()
+            )
+            ids = table.column("chunk_id").to_pylist()
+            if ids:
+                vectors = table.column("vector").combine_chunks().flatten().to_numpy().reshape(len(ids), -1)
+                for cid, v in zip(ids, vectors):
+                    out.setdefault(cid, []).append(v)
+        return {cid: np.stack(rows) / np.maximum(np.linalg.norm(np.stack(rows), axis=1, keepdims=True), 1e-12)
+                for cid, rows in out.items()}
 
     def text_search(self, query: str, limit: int, where: str | None = None) -> list[Hit]:
         """BM25: in memory (store/bm25.py) when the table fits the cache, else the LanceDB FTS index."""
