@@ -95,8 +95,9 @@ def test_ingest_strict_exit_codes_and_status(tmp_path, twin_cli):
     status = twin_cli("-p", project, "status", check=True).stdout
     assert f"project   {project}" in status
     assert re.search(r"^documents 2 \(1 md, 1 txt\), duplicates 0$", status, re.M), status
-    assert re.search(r"^chunks    2$", status, re.M) and re.search(r"^versions  2$", status, re.M)
+    # one sentence each ("# Alpha" is a heading): their sentence rows hold the chunks' own vectors
+    assert re.search(r"^chunks    2, 2 sentence vectors$", status, re.M) and re.search(r"^versions  2$", status, re.M)
     assert re.search(r"^  v1  \S+  \+2 ~0 -0  2 chunks$", status, re.M) and re.search(r"^  v2 ", status, re.M)
     info = json.loads(twin_cli("-p", project, "status", "--json", check=True).stdout)
-    assert (info["documents"], info["chunks"], len(info["versions"])) == (2, 2, 2)
+    assert (info["documents"], info["chunks"], info["sentence_vectors"], len(info["versions"])) == (2, 2, 2, 2)
     assert [v["failed"] for v in info["versions"]] == [0, 2]

@@ -326,7 +326,7 @@ class Twin:
         try:
             store = self.store()
         except TwinError:
-            out.update({"documents": 0, "duplicates": 0, "chunks": 0, "versions": []})
+            out.update({"documents": 0, "duplicates": 0, "chunks": 0, "sentence_vectors": 0, "versions": []})
             return out
         records = store.documents()
         by_type: dict[str, int] = {}
@@ -341,6 +341,7 @@ class Twin:
                 "documents_by_type": by_type,
                 "duplicates": sum(1 for r in records if r.status == "duplicate"),
                 "chunks": store.count_chunks(),
+                "sentence_vectors": store.sentences.count_rows(),
                 "versions": [
                     {"version": v.version, "time": v.time, **v.summary} for v in store.versions()
                 ],

@@ -350,7 +350,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print as JSON."))
     print(f"embedder  {info['models']['embedder']}")
     by_type = ", ".join(f"{n} {t}" for t, n in sorted(info.get("documents_by_type", {}).items()))
     print(f"documents {info['documents']}" + (f" ({by_type})" if by_type else "") + f", duplicates {info['duplicates']}")
-    print(f"chunks    {info['chunks']}")
+    print(f"chunks    {info['chunks']}" + (f", {info['sentence_vectors']} sentence vectors" if info.get("sentence_vectors") else ""))
     versions = info["versions"]
     print(f"versions  {len(versions)}")
     for v in versions[-10:]:
