@@ -64,6 +64,16 @@ MIXED_FAILED = {
 }
 
 
+def ingest_in(twin, *paths):
+    """Ingest paths relative to the project root (as a user in that folder would)."""
+    cwd = os.getcwd()
+    os.chdir(twin.project.root)
+    try:
+        return twin.ingest(list(paths))
+    finally:
+        os.chdir(cwd)
+
+
 def _mixed_corpus(root):
     """Write the mixed corpus of the ingest/search tests under `root` (created); return `root`.
 

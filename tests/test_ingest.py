@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ESSAY, MIXED_FAILED
+from conftest import ESSAY, MIXED_FAILED, ingest_in
 from llmtwin import Twin
 from llmtwin.store.lancedb_store import LanceStore
 
@@ -35,16 +35,6 @@ def chunk_rows(store: LanceStore) -> list[dict]:
 
 def failed_map(report) -> dict[tuple[str, int | None], str]:
     return {(f.path, f.line): f.error for f in report.failed}
-
-
-def ingest_in(twin: Twin, *paths) -> object:
-    """Ingest paths relative to the project root (as a user in that folder would)."""
-    cwd = os.getcwd()
-    os.chdir(twin.project.root)
-    try:
-        return twin.ingest(list(paths))
-    finally:
-        os.chdir(cwd)
 
 
 @pytest.fixture(scope="module")

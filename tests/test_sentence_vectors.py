@@ -5,11 +5,10 @@ ranking change, incremental re-ingest, a store filled in after the fact, an inte
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
+from conftest import ingest_in
 from llmtwin import Twin
 from llmtwin.feature.sentence_vectors import chunk_sentences, embed_missing_sentences
 from llmtwin.store.lancedb_store import LanceStore
@@ -28,15 +27,6 @@ ORCHARD = (
     "Most of the harvest is pressed into cider at a cooperative mill."
 )
 SHORT = "Tea."  # one sentence under the minimum length: the chunk's own vector stands for it
-
-
-def ingest_in(twin: Twin, *paths):
-    cwd = os.getcwd()
-    os.chdir(twin.project.root)
-    try:
-        return twin.ingest(list(paths))
-    finally:
-        os.chdir(cwd)
 
 
 def make_project(root, sentence_vectors: bool) -> Twin:
