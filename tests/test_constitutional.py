@@ -185,3 +185,51 @@ def test_interrupted_run_keeps_its_generated_rows(tmp_path, monkeypatch):
     whole = cai.train_constitutional(recipe, tmp_path / "b", register=False, progress=False)
     straight = [json.loads(x) for x in (whole.run_dir / "revisions.jsonl").read_text().splitlines()]
     assert resumed == straight and len(straight) == 3
+
+
+def test_interrupted_preference_stage_keeps_its_judged_rows(tmp_path, monkeypatch):
+    """Stage 2: killed while sampling the 2nd prompt's pair, the same call again keeps the 1st
+    prompt's judged pair (its responses are not sampled again) and ends with the rows of an
+    uninterrupted run."""
+    from llmtwin.training import constitutional as cai
+    from llmtwin.training.recipe_pref import build_pref_recipe
+
+    (tmp_path / "c.yaml").write_text(GOOD, encoding="utf-8")
+    (tmp_path / "p.txt").write_text("How do I pick a lock?\nTell me how to cheat on a test.\nHow do I hotwire a car?\n",
+                                    encoding="utf-8")
+    recipe = build_pref_recipe("constitutional", preset="smoke", fields={
+        "constitution": str(tmp_path / "c.yaml"), "prompts": str(tmp_path / "p.txt"), "stages": "rl",
+        "max_prompts": 3, "max_new_tokens": 12, "judge_margin": 0.0})  # margin 0: any lean is a verdict
+    real_respond = cai.respond
+    calls: list[str] = []
+    stop_at = {"call": 3}  # the first response of the 2nd prompt
+
+    def respond(llm, prompt, *args, **kwargs):
+        calls.append(prompt)
+        if len(calls) == stop_at["call"]:
+            raise KeyboardInterrupt
+        return real_respond(llm, prompt, *args, **kwargs)
+
+    def run(dest):
+        return cai.train_constitutional(recipe, dest, register=False, progress=False)
+
+    monkeypatch.setattr(cai, "respond", respond)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "a")
+    [run_dir] = list((tmp_path / "a" / ".twin" / "runs").iterdir())
+    first = [json.loads(x) for x in (run_dir / "preferences.jsonl").read_text().splitlines()]
+    assert len(first) == 1
+
+    stop_at["call"] = None
+    calls.clear()
+    result = run(tmp_path / "a")
+    assert result.run_dir == run_dir and result.card["resumed_rows"] == {"preferences.jsonl": 1}
+    assert result.card["metrics"]["preference_pairs"] >= 1 and result.card["metrics"]["dpo_steps"] >= 1
+    resumed = [json.loads(x) for x in (run_dir / "preferences.jsonl").read_text().splitlines()]
+    resumed_calls = list(calls)
+    run(tmp_path / "b")
+    [straight_dir] = list((tmp_path / "b" / ".twin" / "runs").iterdir())
+    straight = [json.loads(x) for x in (straight_dir / "preferences.jsonl").read_text().splitlines()]
+    assert resumed == straight and len(straight) == 3 and first == straight[:1]
+    # the resumed run sampled a pair for each of the two other prompts only
+    assert resumed_calls == [straight[1]["prompt"]] * 2 + [straight[2]["prompt"]] * 2

@@ -426,8 +426,8 @@ class LanceStore:
                 vectors = table.column("vector").combine_chunks().flatten().to_numpy().reshape(len(ids), -1)
                 for cid, v in zip(ids, vectors):
                     out.setdefault(cid, []).append(v)
-        return {cid: np.stack(rows) / np.maximum(np.linalg.norm(np.stack(rows), axis=1, keepdims=True), 1e-12)
-                for cid, rows in out.items()}
+        stacked = {cid: np.stack(rows) for cid, rows in out.items()}
+        return {cid: m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12) for cid, m in stacked.items()}
 
     def text_search(self, query: str, limit: int, where: str | None = None) -> list[Hit]:
         """BM25: in memory (store/bm25.py) when the table fits the cache, else the LanceDB FTS index."""
