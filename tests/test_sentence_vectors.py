@@ -109,6 +109,12 @@ def test_dense_score_is_the_best_of_chunk_and_sentences(twin, embedder):
     on_disk = {h.chunk.chunk_id: h.score for h in lance.dense_search(q, 10)}
     assert lance._memory() is None and on_disk == pytest.approx(with_s, abs=2e-3)
     assert [h.chunk.chunk_id for h in lance.dense_search(q, 1)] == [harbour]
+    # more sentence vectors than store.memory_max_sentences: the chunks in memory, the pool's
+    # sentence vectors read from the store
+    lean = LanceStore(twin.project.store_dir, memory_max_sentences=0)
+    in_part = {h.chunk.chunk_id: h.score for h in lean.dense_search(q, 10)}
+    assert lean._memory().sentences is None and lean._memory().sentence_rows == 9
+    assert in_part == pytest.approx(with_s, abs=2e-3)
     best = store.dense_search(q, 1)  # re-scored before the cut to `limit`
     assert [h.chunk.chunk_id for h in best] == [harbour] and best[0].score == pytest.approx(with_s[harbour])
     # and the config switch reaches search: the same numbers through Twin.search_explain

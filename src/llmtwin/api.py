@@ -46,6 +46,7 @@ class Twin:
             from llmtwin.store.lancedb_store import LanceStore
 
             memory = {"memory_max_chunks": self.config.store.memory_max_chunks,
+                      "memory_max_sentences": self.config.store.memory_max_sentences,
                       "memory_dtype": self.config.store.memory_dtype}
             if create:
                 self._store = LanceStore(self.project.store_dir, self.embedder.name, self.embedder.dim, **memory)

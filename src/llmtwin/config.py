@@ -139,6 +139,9 @@ class StoreConfig(_Section):
     backend: Literal["lancedb"] = "lancedb"
     path: str = ".twin/store"  # relative to the project root
     memory_max_chunks: int = Field(200_000, ge=0)  # up to this many chunks, search runs on an in-memory copy
+    # up to this many sentence vectors, they are held in memory too (float16: 768 bytes each);
+    # beyond, each dense search reads its top chunks' sentence vectors from the store instead
+    memory_max_sentences: int = Field(1_000_000, ge=0)
     # The in-memory vectors: float16 halves their memory and cuts a search's CPU under load (the
     # matrix shares the cache with the query encoder); scores at float16 resolution; float32 is exact.
     memory_dtype: Literal["float16", "float32"] = "float16"

@@ -109,6 +109,7 @@ class LanceStore:
         dim: int | None = None,
         memory_max_chunks: int = 200_000,
         memory_dtype: str = "float16",
+        memory_max_sentences: int = 1_000_000,
     ):
         self.path = path
         meta = self._read_meta()
@@ -132,6 +133,7 @@ class LanceStore:
         self.docs = self._open("documents", _DOC_SCHEMA, existing)
         self.sentences = self._open("sentences", _sentence_schema(self.dim), existing)
         self.memory_max_chunks = memory_max_chunks
+        self.memory_max_sentences = memory_max_sentences
         self.memory_dtype = memory_dtype
         self._cache: _MemoryCache | None = None
         self._fts_checked: tuple[int, int] | None = None
@@ -388,10 +390,14 @@ class LanceStore:
         """Exact cosine search: in memory when the table fits the cache (a filter is a row mask).
         `sentences`: where the store has sentence vectors, the best SENTENCE_POOL chunks (at least
         `limit`) are re-scored with the best of their own and their sentences' cosines."""
+        vector = np.asarray(vector, dtype=np.float32)
         cache = self._memory()
         if cache is not None:
-            vector = np.asarray(vector, dtype=np.float32)
-            return cache.dense(vector, limit, self._allowed(cache, where), sentences=sentences)
+            allowed = self._allowed(cache, where)
+            if not (sentences and cache.sentences is None and cache.sentence_rows):
+                return cache.dense(vector, limit, allowed, sentences=sentences)
+            # more sentence vectors than memory_max_sentences: read the pool's from the store
+            return self._rescore(cache.dense(vector, max(limit, SENTENCE_POOL), allowed, sentences=False), vector, limit)
         rescore = sentences and limit > 0 and self.sentences.count_rows() > 0
         query = (
             self.chunks.search(vector, vector_column_name="vector")
@@ -402,16 +408,20 @@ class LanceStore:
         if where:
             query = query.where(where, prefilter=True)
         hits = [Hit(_row_to_chunk(row), 1.0 - float(row["_distance"])) for row in query.to_list()]
-        if rescore and hits:
-            unit = np.asarray(vector, dtype=np.float32)
-            unit = unit / max(float(np.linalg.norm(unit)), 1e-12)
-            found = self.sentence_vectors([h.chunk.chunk_id for h in hits])
-            for hit in hits:
-                rows = found.get(hit.chunk.chunk_id)
-                if rows is not None:
-                    hit.score = max(hit.score, float((rows @ unit).max()))
-            hits = sorted(hits, key=lambda h: -h.score)[:limit]
-        return hits
+        return self._rescore(hits, vector, limit) if rescore else hits
+
+    def _rescore(self, hits: list[Hit], vector: np.ndarray, limit: int) -> list[Hit]:
+        """Each hit scored by the best of its own and its stored sentences' cosines, best `limit` kept."""
+        if not hits:
+            return hits
+        unit = vector / max(float(np.linalg.norm(vector)), 1e-12)
+        found = self.sentence_vectors([h.chunk.chunk_id for h in hits])
+        out = []
+        for hit in hits:
+            rows = found.get(hit.chunk.chunk_id)
+            score = hit.score if rows is None else max(hit.score, float((rows @ unit).max()))
+            out.append(Hit(hit.chunk, score, hit.scores))
+        return sorted(out, key=lambda h: -h.score)[:limit]
 
     def sentence_vectors(self, chunk_ids: list[str]) -> dict[str, np.ndarray]:
         """Stored sentence vectors of these chunks (row-normalised), by chunk id."""
@@ -503,8 +513,9 @@ class LanceStore:
         self._cache = None
         if self.memory_max_chunks <= 0 or self.chunks.count_rows() > self.memory_max_chunks:
             return None
-        sentences = self.sentences.to_arrow().select(["chunk_id", "vector"]) if self.sentences.count_rows() else None
-        self._cache = _MemoryCache(version, self.chunks.to_arrow(), self.memory_dtype, sentences)
+        rows = self.sentences.count_rows()
+        sentences = self.sentences.to_arrow().select(["chunk_id", "vector"]) if 0 < rows <= self.memory_max_sentences else None
+        self._cache = _MemoryCache(version, self.chunks.to_arrow(), self.memory_dtype, sentences, rows)
         return self._cache
 
 
@@ -547,8 +558,9 @@ class _MemoryCache:
     a BM25 index: exact dense search in ~1 ms and BM25 in well under 1 ms at 10k chunks."""
 
     def __init__(self, version: tuple[int, int], table: pa.Table, dtype: str = "float16",
-                 sentences: pa.Table | None = None):
+                 sentences: pa.Table | None = None, sentence_rows: int = 0):
         self.version = version
+        self.sentence_rows = sentence_rows  # stored, whether held here (`sentences`) or not
         rows = table.drop_columns(["vector"]).to_pylist()
         self.chunks = [_row_to_chunk(row) for row in rows]
         self.row = {c.chunk_id: i for i, c in enumerate(self.chunks)}
