@@ -64,12 +64,12 @@ MIXED_FAILED = {
 }
 
 
-def ingest_in(twin, *paths):
+def ingest_in(twin, *paths, **kwargs):
     """Ingest paths relative to the project root (as a user in that folder would)."""
     cwd = os.getcwd()
     os.chdir(twin.project.root)
     try:
-        return twin.ingest(list(paths))
+        return twin.ingest(list(paths), **kwargs)
     finally:
         os.chdir(cwd)
 

@@ -126,7 +126,10 @@ def test_dense_score_is_the_best_of_chunk_and_sentences(twin, embedder):
 
 def test_reingest_replaces_stale_rows_and_delete_removes_them(tmp_path, embedder):
     twin = make_project(tmp_path / "p", sentence_vectors=True)
-    ingest_in(twin, "corpus")
+    seen: list[tuple[int, int]] = []
+    ingest_in(twin, "corpus", progress=lambda done, total: seen.append((done, total)))
+    # the chunks (3), then their sentences (3 more): done never goes back, and ends at the total
+    assert seen[-1] == (6, 6) and all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(seen, seen[1:]))
     again = ingest_in(twin, "corpus")
     assert again.sentences == 0 and again.chunks == 0
     old = sentence_rows(twin)

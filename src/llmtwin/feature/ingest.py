@@ -32,7 +32,7 @@ from llmtwin.types import Chunk, Document, IngestReport, LoadFailure, Section
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], None]  # (chunks embedded so far, total)
+Progress = Callable[[int, int], None]  # (chunks embedded so far, total); a chunk counts twice with sentence vectors
 
 
 @dataclass
@@ -70,7 +70,9 @@ def ingest(
     if cfg.sentence_vectors:
         from llmtwin.feature.sentence_vectors import embed_missing_sentences
 
-        report.sentences = embed_missing_sentences(store, embedder, cfg.batch_chunks)
+        base = report.chunks  # the sentences' pass counts on from the chunks': done and total grow, never go back
+        step = (lambda done, total: progress(base + done, base + total)) if progress else None
+        report.sentences = embed_missing_sentences(store, embedder, cfg.batch_chunks, step)
     store.refresh_indexes()
     summary = {
         "added": len(report.added),
