@@ -278,7 +278,7 @@ class Twin:
             llm_cfg = llm_cfg.model_copy(update={k: v for k, v in overrides.items() if v is not None})
         lead = gen.lead_quote == "on" or (gen.lead_quote == "auto" and self.config.llm.provider != "openai")
         generated = generate_answer(
-            question, messages, context, llm, llm_cfg, gen, self.embedder.embed_passages, on_text, cancelled,
+            question, messages, context, llm, llm_cfg, gen, self.embedder.embed_sentences, on_text, cancelled,
             lead_quote=lead,
         )
         timings = {f"search.{k}": v for k, v in result.timings.items()}
