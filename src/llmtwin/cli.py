@@ -168,7 +168,7 @@ def search(
     self_query: Optional[bool] = typer.Option(None, "--self-query/--no-self-query", help="retrieval.self_query: LLM-proposed filters."),
     repair: Optional[bool] = typer.Option(None, "--repair/--no-repair", help="retrieval.repair: drop self-corrections and filled pauses from the question by rule."),
     llm_rerank: Optional[str] = typer.Option(None, "--llm-rerank", help="retrieval.llm_rerank: off, pointwise or listwise."),
-    sentences: Optional[bool] = typer.Option(None, "--sentences/--no-sentences", help="retrieval.sentences: dense scores a chunk by its best sentence too (where ingested with --sentence-vectors)."),
+    sentences: Optional[bool] = typer.Option(None, "--sentences/--no-sentences", help="retrieval.sentences: dense scores a chunk by its best sentence too (where the store has sentence vectors)."),
 ) -> None:
     """Search the store (hybrid dense + BM25 by default), then the configured post-retrieval stages."""
     twin = _twin({

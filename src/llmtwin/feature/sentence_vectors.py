@@ -65,9 +65,9 @@ def embed_missing_sentences(
                 owners += [chunk] * len(sentences)
                 texts += sentences
         parts = [np.asarray(embedder.embed_sentences(texts), dtype=np.float32)] if texts else []
+        own = store.get_vectors([c.chunk_id for c in whole])
+        whole = [c for c in whole if c.chunk_id in own]  # a chunk deleted meanwhile has no vector
         if whole:
-            own = store.get_vectors([c.chunk_id for c in whole])
-            whole = [c for c in whole if c.chunk_id in own]
             parts.append(np.stack([own[c.chunk_id] for c in whole]).astype(np.float32))
         if parts:
             store.add_sentences(owners + whole, np.concatenate(parts))

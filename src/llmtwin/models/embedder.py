@@ -37,7 +37,8 @@ class Embedder(Protocol):
         ...
 
     def embed_sentences(self, texts: list[str]) -> np.ndarray:
-        """Short passages (ingest.sentence_vectors): like embed_passages, by the fastest path."""
+        """Short passages (sentence vectors, window and compression, lead quotes): like
+        embed_passages, by the fastest path for short texts."""
         ...
 
     def count_tokens(self, texts: list[str]) -> list[int]:

@@ -3,7 +3,7 @@
 A search embeds one short text (≈20 tokens). There, PyTorch's per-operator overhead dominates:
 all-MiniLM-L6-v2 took 27 ms per query on one core here, the same graph on ONNX Runtime 13.7 ms,
 with vectors equal to 1e-6 (cosine ≥ 0.999999). Long passages in batches run as fast on either,
-so ingest keeps PyTorch; only `embed_query` comes here.
+so ingest keeps PyTorch for chunks; `embed_query` and `embed_sentences` (short texts) come here.
 
 The export covers the usual sentence-transformers layout — Transformer, Pooling (mean or CLS),
 optionally Normalize — and anything else stays on PyTorch (`supported` says why). The file is
