@@ -534,6 +534,12 @@ def _unit_matrix(table: pa.Table, dtype: str):
     return np.ascontiguousarray(matrix, dtype=np.float32)
 
 
+def _as_tensor(array: np.ndarray):
+    import torch
+
+    return torch.from_numpy(array)
+
+
 def _mv(matrix, unit: np.ndarray) -> np.ndarray:
     if isinstance(matrix, np.ndarray):
         return matrix @ unit
@@ -587,16 +593,27 @@ class _MemoryCache:
         if rescore:
             scores[top] = self._best_of_sentences(unit, top, scores[top])
         top = top[np.lexsort((top, -scores[top]))][:limit]  # by score, then table order: deterministic
-        return [Hit(self.chunks[i], float(scores[i])) for i in top]
+        return [Hit(self.chunks[i], s) for i, s in zip(top.tolist(), scores[top].tolist())]
 
     @staticmethod
     def _top(scores: np.ndarray, limit: int, allowed: np.ndarray | None) -> np.ndarray:
-        """Rows of the `limit` best scores (among the allowed rows), in no particular order."""
-        rows = np.arange(len(scores)) if allowed is None else np.flatnonzero(allowed)
-        limit = min(limit, len(rows))
+        """Rows of the `limit` best scores (among the allowed rows), in no particular order; among
+        scores tied with the last one taken, the first rows in table order (float16 scores tie
+        often). torch's top-k finds that score: 60 µs in all against numpy argpartition's 130 µs
+        for 100 of 14k scores here."""
+        import torch
+
+        rows = None if allowed is None else np.flatnonzero(allowed)
+        values = scores if rows is None else scores[rows]
+        limit = min(limit, len(values))
+        if limit == len(values):
+            return np.arange(limit) if rows is None else rows
         if limit == 0:
-            return rows[:0]
-        return rows[np.argpartition(-scores[rows], limit - 1)[:limit]] if limit < len(rows) else rows
+            return np.zeros(0, dtype=np.int64)
+        last = torch.topk(torch.from_numpy(values), limit, sorted=False).values.min().item()
+        above = np.flatnonzero(values > last)
+        picked = np.concatenate((above, np.flatnonzero(values == last)[: limit - len(above)]))
+        return picked if rows is None else rows[picked]
 
     def _scores(self, unit: np.ndarray) -> np.ndarray:
         """Cosine of every chunk with the unit vector, one matrix-vector product per query: OpenBLAS
@@ -617,7 +634,10 @@ class _MemoryCache:
         first, lengths = start[rows][has], lengths[has]
         offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
         picked = np.repeat(first - offsets, lengths) + np.arange(int(lengths.sum()))
-        best = np.maximum.reduceat(_mv(matrix[picked], unit), offsets)  # numpy and torch index alike
+        # numpy gathers the rows (of a float16 tensor: through its numpy view, 0.03 instead of torch's
+        # 0.17 ms for ~220 rows), then the same product as before
+        rows_of = matrix[picked] if isinstance(matrix, np.ndarray) else _as_tensor(matrix.numpy()[picked])
+        best = np.maximum.reduceat(_mv(rows_of, unit), offsets)
         out = scores.copy()
         out[has] = np.maximum(out[has], best)
         return out
