@@ -15,6 +15,8 @@ from llmtwin.errors import TwinError
 from llmtwin.project import Project, open_project
 from llmtwin.types import Answer, Hit, IngestReport
 
+MODELS_MAX_AGE_S = 1.0  # a reranker or adapter trained by another process is used within a second
+
 
 class Twin:
     def __init__(self, project: str | Path | Project = ".", *, config: TwinConfig | None = None):
@@ -47,7 +49,8 @@ class Twin:
 
             memory = {"memory_max_chunks": self.config.store.memory_max_chunks,
                       "memory_max_sentences": self.config.store.memory_max_sentences,
-                      "memory_dtype": self.config.store.memory_dtype}
+                      "memory_dtype": self.config.store.memory_dtype,
+                      "memory_scan": self.config.store.memory_scan}
             if create:
                 self._store = LanceStore(self.project.store_dir, self.embedder.name, self.embedder.dim, **memory)
             else:
@@ -214,7 +217,7 @@ class Twin:
             path = Path(cfg.reranker_path).expanduser()
             path = path if path.is_absolute() else self.project.root / path
             return get_reranker(path)
-        path = latest(self.project.state_dir, "reranker", usable=cfg.rerank == "auto")
+        path = latest(self.project.state_dir, "reranker", usable=cfg.rerank == "auto", max_age=MODELS_MAX_AGE_S)
         if path is None:
             if cfg.rerank == "on":
                 raise TwinError(
@@ -232,7 +235,7 @@ class Twin:
         cfg = cfg or self.config.retrieval
         if cfg.adapter == "off":
             return None
-        path = latest(self.project.state_dir, "adapter", usable=True)
+        path = latest(self.project.state_dir, "adapter", usable=True, max_age=MODELS_MAX_AGE_S)
         if path is None:
             return None
         return get_adapter(path, f"adapter-{path.name}")

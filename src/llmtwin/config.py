@@ -145,6 +145,10 @@ class StoreConfig(_Section):
     # The in-memory vectors: float16 halves their memory and cuts a search's CPU under load (the
     # matrix shares the cache with the query encoder); scores at float16 resolution; float32 is exact.
     memory_dtype: Literal["float16", "float32"] = "float16"
+    # int8: dense search first scores every in-memory chunk on an int8 copy (half float16's bytes,
+    # store/int8_scan.py), then re-scores the best 2 × needed from the memory_dtype vectors;
+    # exact: one product over all of them.
+    memory_scan: Literal["int8", "exact"] = "int8"
 
 
 class ServeConfig(_Section):

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -34,13 +35,26 @@ def versions(state_dir: Path, kind: str) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest(state_dir: Path, kind: str, *, usable: bool = False) -> Path | None:
+def latest(state_dir: Path, kind: str, *, usable: bool = False, max_age: float = 0.0) -> Path | None:
     """The newest complete version; with `usable`, None if its card says `use: false` (its training's
-    held-out check did not beat the baseline: an older version is not used instead either)."""
+    held-out check did not beat the baseline: an older version is not used instead either).
+
+    `max_age` > 0: an answer looked up at most that many seconds ago is reused (every search asks
+    for the reranker and the adapter; under load each look at the folder cost a GIL hand-off).
+    A version published by this process is seen at once; by another process, within `max_age`."""
+    key = (str(state_dir), kind, usable)
+    now = time.monotonic()
+    if max_age > 0:
+        seen = _latest_seen.get(key)
+        if seen is not None and now - seen[0] <= max_age:
+            return seen[1]
     found = versions(state_dir, kind)
-    if not found or (usable and not read_card(found[-1]).get("use", True)):
-        return None
-    return found[-1]
+    path = None if not found or (usable and not read_card(found[-1]).get("use", True)) else found[-1]
+    _latest_seen[key] = (now, path)
+    return path
+
+
+_latest_seen: dict[tuple[str, str, bool], tuple[float, Path | None]] = {}  # latest()'s answers, by when
 
 
 def read_card(version_dir: Path) -> dict[str, Any]:
@@ -66,6 +80,7 @@ def publish(tmp: Path, card: dict[str, Any]) -> Path:
         (tmp / "card.json").write_text(json.dumps(card, indent=2), encoding="utf-8")
         try:
             os.rename(tmp, target)
+            _latest_seen.clear()
             return target
         except OSError:  # another training published that number meanwhile
             if not target.exists():
