@@ -109,6 +109,8 @@ def test_dense_score_is_the_best_of_chunk_and_sentences(twin, embedder):
     on_disk = {h.chunk.chunk_id: h.score for h in lance.dense_search(q, 10)}
     assert lance._memory() is None and on_disk == pytest.approx(with_s, abs=2e-3)
     assert [h.chunk.chunk_id for h in lance.dense_search(q, 1)] == [harbour]
+    # counted once for this table version, not on every search (each count is a LanceDB round trip)
+    assert lance._not_in_memory == lance._version() and lance._sentence_count == (lance._version(), 9)
     # more sentence vectors than store.memory_max_sentences: the chunks in memory, the pool's
     # sentence vectors read from the store
     lean = LanceStore(twin.project.store_dir, memory_max_sentences=0)

@@ -138,6 +138,8 @@ class LanceStore:
         self.memory_dtype = memory_dtype
         self.memory_scan = memory_scan
         self._cache: _MemoryCache | None = None
+        self._not_in_memory: tuple[int, int] | None = None  # the version found too big for the cache
+        self._sentence_count: tuple[tuple[int, int], int] | None = None  # (version, sentence rows)
         self._fts_checked: tuple[int, int] | None = None
         # The (chunks, sentences) table versions as this handle last read them. A local table opened
         # without a read-consistency interval sees no other handle's writes, so only our own writes
@@ -400,7 +402,7 @@ class LanceStore:
                 return cache.dense(vector, limit, allowed, sentences=sentences)
             # more sentence vectors than memory_max_sentences: read the pool's from the store
             return self._rescore(cache.dense(vector, max(limit, SENTENCE_POOL), allowed, sentences=False), vector, limit)
-        rescore = sentences and limit > 0 and self.sentences.count_rows() > 0
+        rescore = sentences and limit > 0 and self._sentence_rows() > 0
         query = (
             self.chunks.search(vector, vector_column_name="vector")
             .distance_type("cosine")
@@ -507,15 +509,26 @@ class LanceStore:
             self._fts_checked = version
         return self._fts_present
 
+    def _sentence_rows(self) -> int:
+        """Stored sentence vectors, counted once per table version."""
+        version = self._version()
+        if self._sentence_count is None or self._sentence_count[0] != version:
+            self._sentence_count = (version, self.sentences.count_rows())
+        return self._sentence_count[1]
+
     def _memory(self) -> _MemoryCache | None:
-        """The chunks table in memory (vectors as one matrix), reloaded when the table changes."""
+        """The chunks table in memory (vectors as one matrix), reloaded when the table changes.
+        A table too big for it is counted once per version, not on every search."""
         version = self._version()
         if self._cache is not None and self._cache.version == version:
             return self._cache
         self._cache = None
-        if self.memory_max_chunks <= 0 or self.chunks.count_rows() > self.memory_max_chunks:
+        if self._not_in_memory == version:
             return None
-        rows = self.sentences.count_rows()
+        if self.memory_max_chunks <= 0 or self.chunks.count_rows() > self.memory_max_chunks:
+            self._not_in_memory = version
+            return None
+        rows = self._sentence_rows()
         sentences = self.sentences.to_arrow().select(["chunk_id", "vector"]) if 0 < rows <= self.memory_max_sentences else None
         self._cache = _MemoryCache(version, self.chunks.to_arrow(), self.memory_dtype, sentences, rows, self.memory_scan)
         return self._cache
