@@ -34,11 +34,13 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 DEADLINE_S = 900  # the whole run stops by then, whatever happens
 
 
-def build(project: Path) -> None:
+def build(project: Path, xsum_docs: int | None = None) -> None:
     corpus = project / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
     with open(corpus / "xsum.jsonl", "w", encoding="utf-8") as out:
-        for line in open(DATA / "xsum.jsonl", encoding="utf-8"):
+        for i, line in enumerate(open(DATA / "xsum.jsonl", encoding="utf-8")):
+            if xsum_docs is not None and i == xsum_docs:
+                break
             r = json.loads(line)
             out.write(json.dumps({"id": r["id"], "text": r["document"]}) + "\n")
     with open(corpus / "disfl.jsonl", "w", encoding="utf-8") as out:
@@ -361,6 +363,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--project", type=Path, default=Path("/tmp/llmtwin-serve-bench"))
     ap.add_argument("--build", action="store_true", help="make the benchmark project first (minutes)")
+    ap.add_argument("--xsum-docs", type=int, default=None,
+                    help="with --build: only the first N xsum articles (all: 14,324 chunks; 620: ~10,000)")
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--searches", type=int, default=500)
     ap.add_argument("--chats", type=int, default=20)
@@ -374,7 +378,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "serve_load.json")
     args = ap.parse_args()
     if args.build:
-        build(args.project)
+        build(args.project, args.xsum_docs)
     if not (args.project / "twin.yaml").exists():
         raise SystemExit(f"{args.project}: no project; run with --build first")
     result = asyncio.run(asyncio.wait_for(run(args), DEADLINE_S))
