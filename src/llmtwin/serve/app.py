@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import logging
 import os
 import socket
@@ -520,8 +521,13 @@ def run(twin, *, no_auth: bool = False, log_level: str = "warning") -> None:
 
     class _Uvicorn(uvicorn.Server):
         async def startup(self, sockets=None):
-            await super().startup(sockets=sockets)
+            await super().startup(sockets=sockets)  # runs the lifespan: models and store loaded
             if self.started:
+                # Everything loaded so far lives as long as the server: out of the cyclic GC's
+                # reach, a full collection under load takes ~0 instead of ~350 ms (630k objects
+                # here), a pause every request in flight would wait out.
+                gc.collect()
+                gc.freeze()
                 print(f"llmtwin: ready on http://{shown}:{port}/", flush=True)
 
         def handle_exit(self, sig, frame):  # Ctrl-C / SIGTERM: end the streams, then stop
