@@ -638,7 +638,7 @@ class _MemoryCache:
     def _top(scores: np.ndarray, limit: int, allowed: np.ndarray | None) -> np.ndarray:
         """Rows of the `limit` best scores (among the allowed rows), in no particular order; among
         scores tied with the last one taken, the first rows in table order (float16 scores tie
-        often). torch's top-k finds that score: 60 µs in all against numpy argpartition's 130 µs
+        often). torch's top-k finds that score: 44 µs in all against numpy argpartition's 134 µs
         for 100 of 14k scores here."""
         import torch
 
