@@ -89,4 +89,4 @@ class MemoryBM25:
         if len(hits) > limit:
             hits = hits[np.argpartition(-scores[hits], limit - 1)[:limit]]
         hits = hits[np.lexsort((hits, -scores[hits]))]
-        return list(zip(hits.tolist(), scores[hits].astype(np.float64).tolist()))
+        return list(zip(hits.tolist(), scores[hits].tolist()))

@@ -41,7 +41,6 @@ class Int8Scan:
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        self.rows = n
 
     def __call__(self, unit_query: np.ndarray) -> np.ndarray:
         query = np.ascontiguousarray(unit_query, dtype=np.float32).reshape(1, -1)

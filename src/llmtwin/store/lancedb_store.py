@@ -556,13 +556,11 @@ def _as_dtype(unit: np.ndarray, dtype: str):
 def _gather(matrix, rows: np.ndarray):
     """matrix[rows], by numpy also for a float16 tensor (its numpy view): 0.03 ms for ~220 rows
     here, against 0.17 ms for torch's own indexing."""
-    return matrix[rows] if isinstance(matrix, np.ndarray) else _as_tensor(matrix.numpy()[rows])
-
-
-def _as_tensor(array: np.ndarray):
+    if isinstance(matrix, np.ndarray):
+        return matrix[rows]
     import torch
 
-    return torch.from_numpy(array)
+    return torch.from_numpy(matrix.numpy()[rows])
 
 
 def _mv(matrix, unit: np.ndarray) -> np.ndarray:
