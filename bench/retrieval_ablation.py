@@ -41,6 +41,11 @@ CONFIGS: dict[str, dict] = {  # retrieval.* overrides, each on top of plain hybr
     "sentences": {**OFF, "sentences": True},
     "zscore+sentences": {**OFF, "fusion": "zscore", "sentences": True},
     "dense_sentences": {**OFF, "mode": "dense", "sentences": True},
+    # queries embedded by the project's distilled query encoder (`twin tune query-encoder`)
+    "sentences+student": {**OFF, "sentences": True, "query_encoder": "auto"},
+    "zscore+sentences+student": {**OFF, "fusion": "zscore", "sentences": True, "query_encoder": "auto"},
+    "dense_sentences+student": {**OFF, "mode": "dense", "sentences": True, "query_encoder": "auto"},
+    "dense+student": {**OFF, "mode": "dense", "query_encoder": "auto"},
     "bm25": {**OFF, "mode": "bm25"},
     "dense": {**OFF, "mode": "dense"},
     "merge": {**OFF, "merge": True},
@@ -109,7 +114,7 @@ def main() -> None:
         twin.llm.complete([{"role": "user", "content": "Hello"}], max_new_tokens=2)  # load it before timing
 
     for name in args.configs.split(","):
-        overrides = dict(CONFIGS[name])
+        overrides = {"query_encoder": "off", **CONFIGS[name]}  # the student only where a config asks
         mode = overrides.pop("mode", None)
         rows: dict[str, list[float]] = {"R@1": [], "R@5": [], "MRR@10": [], "nDCG@10": []}
         latency: list[float] = []

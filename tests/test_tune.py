@@ -126,3 +126,35 @@ def test_tune_adapter_loads_back_and_moves_queries(twin):
     card = tune_adapter(twin, AdapterTuning(queries=40, epochs=1, min_gain=1.0))
     assert card["version"] == "v2" and not card["use"]
     assert twin.search_explain(q, k=3, mode="dense", retrieval={"rerank": "off"}).pipeline == ["dense"]
+
+
+def test_tune_query_encoder_is_used_by_search_only_if_its_check_passed(twin, tmp_path):
+    from llmtwin.errors import TwinError
+    from llmtwin.training.query_encoder import QueryEncoderTuning, tune_query_encoder
+
+    bad = tmp_path / "questions.jsonl"
+    bad.write_text('{"question": "why do owls turn their heads"}\n{not json\n', encoding="utf-8")
+    with pytest.raises(TwinError, match=r"questions\.jsonl:2: not JSON"):
+        tune_query_encoder(twin, QueryEncoderTuning(texts=[bad], steps=1, batch=8))
+    # a check no student can pass (it would have to beat the embedder by 1): saved, not used
+    card = tune_query_encoder(twin, QueryEncoderTuning(steps=2, batch=8, held_out=10, max_drop=-1.0))
+    assert card["version"] == "v1" and not card["use"] and card["layers"] == {"kept": [0, 4, 5], "of": 6}
+    assert twin.query_embedder() is twin.embedder
+
+    good = tmp_path / "questions.txt"
+    good.write_text("\n".join(QUERIES) + "\n", encoding="utf-8")
+    card = tune_query_encoder(twin, QueryEncoderTuning(steps=25, batch=8, held_out=10, max_drop=1.0, texts=[good]))
+    assert card["version"] == "v2" and card["use"] and card["data"]["train_texts"] == card["data"]["from_chunks"] + 6
+    assert card["training"]["steps"] == 25 and card["training"]["loss_last_tenth"] < card["training"]["loss_first_tenth"]
+    assert 0 < card["check"]["student_mrr10"] <= 1 and card["check"]["cosine_mean"] > 0.8
+    student = twin.query_embedder()
+    assert student is not twin.embedder and student.student == "query-encoder-v2"
+    assert student.name == twin.embedder.name and student.dim == twin.embedder.dim
+    q = QUERIES[0]
+    cos = float(student.embed_query(q) @ twin.embedder.embed_query(q))
+    assert 0.8 < cos < 0.9999  # the same space, not the same model
+    result = twin.search_explain(q, k=3, retrieval={"rerank": "off"})
+    assert result.pipeline == ["hybrid (query-encoder-v2)"] and result.hits[0].chunk.source.endswith("bees.md")
+    plain = twin.search_explain(q, k=3, retrieval={"rerank": "off", "query_encoder": "off"})
+    assert plain.pipeline == ["hybrid"]
+    assert [round(h.score, 5) for h in plain.hits] != [round(h.score, 5) for h in result.hits]

@@ -15,7 +15,7 @@ from llmtwin.errors import TwinError
 from llmtwin.project import Project, open_project
 from llmtwin.types import Answer, Hit, IngestReport
 
-MODELS_MAX_AGE_S = 1.0  # a reranker or adapter trained by another process is used within a second
+MODELS_MAX_AGE_S = 1.0  # a reranker, adapter or query encoder trained by another process is used within a second
 
 
 class Twin:
@@ -128,23 +128,24 @@ class Twin:
         k = k or cfg.k
         store = self._checked_store()
         reranker = self.reranker(cfg)
+        embedder = self.query_embedder(cfg)  # the embedder, or it with a distilled query encoder
         timings: dict[str, float] = {}
         raw: list = [query_vector] if query_vector is not None else []
 
         def raw_vector():  # the query's own embedding, once (sentence-level stages compare with it)
             if not raw:
                 t = time.perf_counter()
-                raw.append(self.embedder.embed_query(query))
+                raw.append(embedder.embed_query(query))
                 timings["embed_query"] = time.perf_counter() - t
             return raw[0]
 
         pipeline = Pipeline(
-            cfg, k=k, query=query, store=store, embedder=self.embedder, query_vector=raw_vector, reranker=reranker,
+            cfg, k=k, query=query, store=store, embedder=embedder, query_vector=raw_vector, reranker=reranker,
             llm=lambda: self.llm,
         )
         adapter = self.adapter(cfg) if query_vector is None and mode != "bm25" else None
         if uses_before(cfg):  # route → self-query → transforms, then each planned query searched and fused
-            planned = plan(cfg, query, parsed, store=store, embedder=self.embedder, llm=lambda: self.llm,
+            planned = plan(cfg, query, parsed, store=store, embedder=embedder, llm=lambda: self.llm,
                            query_vector=raw_vector)
         else:
             planned = Plan(query, parsed, [], [SubQuery(query)])
@@ -155,14 +156,14 @@ class Twin:
                 vector = query_vector
             if vector is None and mode != "bm25" and (adapter is not None or pipeline.after or len(planned.queries) > 1
                                                      or (raw and sub.text == query)):
-                vector = raw_vector() if sub.text == query else self.embedder.embed_query(sub.text)
+                vector = raw_vector() if sub.text == query else embedder.embed_query(sub.text)
             if vector is not None and adapter is not None and sub.vector is None:
                 t = time.perf_counter()
                 vector = adapter(vector)
                 timings["adapter"] = timings.get("adapter", 0.0) + time.perf_counter() - t
             return search(
                 store,
-                self.embedder,
+                embedder,
                 sub.text,
                 k=pipeline.depth,
                 mode=mode,  # type: ignore[arg-type]
@@ -179,6 +180,8 @@ class Twin:
         result = search_plan(planned, run_one, cfg.rrf_k)
         result.timings = {**timings, **result.timings}
         first = mode if adapter is None else f"{mode}+{adapter.name}"
+        if embedder is not self.embedder and mode != "bm25":
+            first += f" ({embedder.student})"
         if len(planned.queries) > 1:
             first += f"×{len(planned.queries)}"
         pipeline.run(result, first)
@@ -239,6 +242,20 @@ class Twin:
         if path is None:
             return None
         return get_adapter(path, f"adapter-{path.name}")
+
+    def query_embedder(self, cfg=None):
+        """The embedder with the project's latest distilled query encoder whose check passed
+        (retrieval.query_encoder=auto), else the embedder itself."""
+        from llmtwin.models.get import get_query_encoder
+        from llmtwin.models.versions import latest
+
+        cfg = cfg or self.config.retrieval
+        if cfg.query_encoder == "off":
+            return self.embedder
+        path = latest(self.project.state_dir, "query_encoder", usable=True, max_age=MODELS_MAX_AGE_S)
+        if path is None:
+            return self.embedder
+        return get_query_encoder(path, self.embedder, f"query-encoder-{path.name}")
 
     def search(self, query: str, **kwargs: Any) -> list[Hit]:
         return self.search_explain(query, **kwargs).hits

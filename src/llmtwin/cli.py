@@ -566,6 +566,40 @@ def tune_adapter(
     print(f"  {card['path']}")
 
 
+@tune_app.command("query-encoder")
+def tune_query_encoder(
+    layers: int = typer.Option(3, "--layers", help="Transformer layers the student keeps (the first and the last ones)."),
+    steps: int = typer.Option(2000, "--steps", help="Optimiser steps (batches of --batch texts)."),
+    batch: int = typer.Option(64, "--batch", help="Texts per step."),
+    queries: int = typer.Option(20000, "--queries", help="Pseudo-queries made from the chunks (at most; the check's included)."),
+    texts: list[Path] = typer.Option([], "--texts", help="More training texts: a .txt (one per line) or .jsonl (text/query/question); repeatable."),
+    from_chunks: bool = typer.Option(True, "--from-chunks/--no-from-chunks", help="Train on the chunks' pseudo-queries (the check always uses them)."),
+    max_drop: float = typer.Option(0.01, "--max-drop", help="Held-out MRR@10 the student may lose against the embedder and still be used."),
+    max_minutes: float = typer.Option(60.0, "--max-minutes", help="Stop training (then check and save) after this long."),
+    as_json: bool = typer.Option(False, "--json", help="Print the card as JSON."),
+) -> None:
+    """Distil a shallower query encoder from the embedder: searches embed questions faster, into the same vectors.
+
+    Saved as .twin/models/query_encoder/vN; `retrieval.query_encoder: auto` uses it if its held-out check passed.
+    """
+    from llmtwin.training.query_encoder import QueryEncoderTuning, tune_query_encoder as run
+
+    twin = _twin()
+    opts = QueryEncoderTuning(layers=layers, steps=steps, batch=batch, queries=queries, texts=list(texts),
+                              from_chunks=from_chunks, max_drop=max_drop, max_minutes=max_minutes, seed=twin.config.seed)
+    with _stage_progress("Tuning") as progress:
+        card = run(twin, opts, progress)
+    if as_json:
+        print(json.dumps(card, indent=2))
+        return
+    chk, tr = card["check"], card["training"]
+    print(f"query encoder {card['version']}: {len(card['layers']['kept'])} of {card['layers']['of']} layers, "
+          f"{tr['steps']} steps on {card['data']['train_texts']} texts in {card['seconds']['train']:.0f}s; "
+          f"held-out MRR@10 {chk['teacher_mrr10']:.4f} (embedder) → {chk['student_mrr10']:.4f}, cosine {chk['cosine_mean']:.3f}; "
+          f"{'used' if card['use'] else 'NOT used'} by query_encoder: auto")
+    print(f"  {card['path']}")
+
+
 # ---- command groups from llmtwin.commands (one line each; keep module tops free of heavy imports)
 # (helpers: add your `app.add_typer(...)` / `register(...)` line here)
 from llmtwin.commands.models import models_app  # noqa: E402

@@ -100,6 +100,9 @@ class RetrievalConfig(_Section):
     window: int = Field(0, ge=0)  # sentence window: sentences kept each side of the best one (0 = off)
     compress_tokens: int = Field(0, ge=0)  # context compression budget in embedder tokens (0 = off)
     adapter: Literal["auto", "off"] = "auto"  # auto: the project's trained query adapter, if it helped
+    # auto: queries embedded by the project's distilled query encoder (`twin tune query-encoder`), if
+    # its check passed; off: always by the embedder itself
+    query_encoder: Literal["auto", "off"] = "auto"
     # Before retrieval. repair: drop self-corrections ("the Normans, no wait, the Vikings") and filled
     # pauses from the question by rule (retrieval/disfluency.py; no model, microseconds).
     repair: bool = False

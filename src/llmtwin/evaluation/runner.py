@@ -161,7 +161,10 @@ def evaluate_retrieval(
     setup_s = time.perf_counter() - t
     t = time.perf_counter()
     vectors = None
-    if mode != "bm25" and not emb.passage_prefix:  # embed_passages == embed_query with the query prefix
+    # embed_passages == embed_query with the query prefix; not where a trained adapter or query
+    # encoder applies (a given vector is searched as is): search_explain embeds those one by one
+    plain = twin.adapter() is None and twin.query_embedder() is embedder
+    if mode != "bm25" and not emb.passage_prefix and plain:
         from llmtwin.retrieval.disfluency import searched_question
 
         searched = twin.retrieval_config()

@@ -289,3 +289,35 @@ class OpenAIEmbedder:
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         return [math.ceil(len(_WORD.findall(t)) * 1.3) for t in texts]
+
+
+class StudentQueryEmbedder:
+    """The project's embedder with its queries embedded by a distilled student
+    (training/query_encoder.py): same name, dimension and stored vectors; only `embed_query` differs."""
+
+    def __init__(self, base: SentenceTransformerEmbedder, student_dir: Path, *, student: str):
+        self.base = base
+        self.name, self.dim, self.max_tokens = base.name, base.dim, base.max_tokens
+        self.student = student  # e.g. "query-encoder-v2": what searches report
+        self._model = SentenceTransformerEmbedder(
+            Path(student_dir), name=student, query_prefix=base.query_prefix,
+            query_runtime="torch" if base.query_runtime == "torch" else "auto", query_int8=base.query_int8)
+
+    def __repr__(self) -> str:
+        return f"StudentQueryEmbedder(name={self.name!r}, student={self.student!r})"
+
+    @property
+    def batch_queries(self) -> bool:
+        return False  # the server's batcher embeds with the base model: a student is never batched there
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self._model.embed_query(text)
+
+    def embed_passages(self, texts: list[str]) -> np.ndarray:
+        return self.base.embed_passages(texts)
+
+    def embed_sentences(self, texts: list[str]) -> np.ndarray:
+        return self.base.embed_sentences(texts)
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return self.base.count_tokens(texts)

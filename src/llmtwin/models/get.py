@@ -169,3 +169,15 @@ def get_adapter(path: str | Path, name: str | None = None):
     path = Path(path).expanduser().resolve()
     key = ("adapter", str(path), path.stat().st_mtime_ns)
     return _cached(key, lambda: QueryAdapter(path, name=name or path.name))
+
+
+def get_query_encoder(path: str | Path, base, name: str | None = None):
+    """`base` with queries embedded by the distilled student in a query_encoder version dir
+    (training/query_encoder.py), loaded once per version."""
+    from llmtwin.models.embedder import SentenceTransformerEmbedder, StudentQueryEmbedder
+
+    path = Path(path).expanduser().resolve()
+    if not isinstance(base, SentenceTransformerEmbedder):
+        raise TwinError(f"{base.name}: a trained query encoder needs the local sentence-transformers embedder it was distilled from")
+    key = ("query_encoder", str(path), path.stat().st_mtime_ns, id(base))
+    return _cached(key, lambda: StudentQueryEmbedder(base, path / "model", student=name or path.name))
