@@ -41,11 +41,12 @@ CONFIGS: dict[str, dict] = {  # retrieval.* overrides, each on top of plain hybr
     "sentences": {**OFF, "sentences": True},
     "zscore+sentences": {**OFF, "fusion": "zscore", "sentences": True},
     "dense_sentences": {**OFF, "mode": "dense", "sentences": True},
-    # queries embedded by the project's distilled query encoder (`twin tune query-encoder`)
-    "sentences+student": {**OFF, "sentences": True, "query_encoder": "auto"},
-    "zscore+sentences+student": {**OFF, "fusion": "zscore", "sentences": True, "query_encoder": "auto"},
-    "dense_sentences+student": {**OFF, "mode": "dense", "sentences": True, "query_encoder": "auto"},
-    "dense+student": {**OFF, "mode": "dense", "query_encoder": "auto"},
+    # queries embedded by the project's latest distilled query encoder (`twin tune query-encoder`),
+    # whether its own check passed or not
+    "sentences+student": {**OFF, "sentences": True, "query_encoder": "on"},
+    "zscore+sentences+student": {**OFF, "fusion": "zscore", "sentences": True, "query_encoder": "on"},
+    "dense_sentences+student": {**OFF, "mode": "dense", "sentences": True, "query_encoder": "on"},
+    "dense+student": {**OFF, "mode": "dense", "query_encoder": "on"},
     "bm25": {**OFF, "mode": "bm25"},
     "dense": {**OFF, "mode": "dense"},
     "merge": {**OFF, "merge": True},

@@ -66,6 +66,20 @@ def test_bad_set_and_empty_store_are_exit_2(tmp_path, twin_cli):
     _one_line_error(twin_cli("-p", tmp_path, "search", "quokka"), "nothing ingested yet")
 
 
+def test_unquoted_off_and_on_are_words_not_booleans():
+    import pytest
+
+    from llmtwin.config import TwinConfig, set_field
+    from llmtwin.errors import TwinError
+
+    # YAML reads `rerank: off` as False: a field choosing among words gets its word back
+    config = TwinConfig.model_validate(yaml.safe_load("retrieval:\n  rerank: off\n  query_encoder: on\n  mmr: on\n"))
+    assert (config.retrieval.rerank, config.retrieval.query_encoder, config.retrieval.mmr) == ("off", "on", True)
+    assert set_field(config, "embedder.query_quantize", yaml.safe_load("off")).embedder.query_quantize == "off"
+    with pytest.raises(TwinError, match="retrieval.adapter=True"):  # no "on" among its words
+        set_field(config, "retrieval.adapter", True)
+
+
 def test_ingest_strict_exit_codes_and_status(tmp_path, twin_cli):
     project = tmp_path / "proj"
     twin_cli("init", project, check=True)

@@ -132,6 +132,8 @@ def test_tune_query_encoder_is_used_by_search_only_if_its_check_passed(twin, tmp
     from llmtwin.errors import TwinError
     from llmtwin.training.query_encoder import QueryEncoderTuning, tune_query_encoder
 
+    with pytest.raises(TwinError, match="no query encoder"):
+        twin.search_explain(QUERIES[0], k=3, retrieval={"query_encoder": "on"})
     bad = tmp_path / "questions.jsonl"
     bad.write_text('{"question": "why do owls turn their heads"}\n{not json\n', encoding="utf-8")
     with pytest.raises(TwinError, match=r"questions\.jsonl:2: not JSON"):
@@ -140,6 +142,8 @@ def test_tune_query_encoder_is_used_by_search_only_if_its_check_passed(twin, tmp
     card = tune_query_encoder(twin, QueryEncoderTuning(steps=2, batch=8, held_out=10, max_drop=-1.0))
     assert card["version"] == "v1" and not card["use"] and card["layers"] == {"kept": [0, 4, 5], "of": 6}
     assert twin.query_embedder() is twin.embedder
+    forced = twin.search_explain(QUERIES[0], k=3, retrieval={"rerank": "off", "query_encoder": "on"})
+    assert forced.pipeline == ["hybrid (query-encoder-v1)"]
 
     good = tmp_path / "questions.txt"
     good.write_text("\n".join(QUERIES) + "\n", encoding="utf-8")

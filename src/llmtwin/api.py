@@ -244,16 +244,20 @@ class Twin:
         return get_adapter(path, f"adapter-{path.name}")
 
     def query_embedder(self, cfg=None):
-        """The embedder with the project's latest distilled query encoder whose check passed
-        (retrieval.query_encoder=auto), else the embedder itself."""
+        """The embedder with the project's latest distilled query encoder (retrieval.query_encoder:
+        `auto`, the latest if its check passed; `on`, the latest), else the embedder itself."""
         from llmtwin.models.get import get_query_encoder
         from llmtwin.models.versions import latest
 
         cfg = cfg or self.config.retrieval
         if cfg.query_encoder == "off":
             return self.embedder
-        path = latest(self.project.state_dir, "query_encoder", usable=True, max_age=MODELS_MAX_AGE_S)
+        path = latest(self.project.state_dir, "query_encoder", usable=cfg.query_encoder == "auto",
+                      max_age=MODELS_MAX_AGE_S)
         if path is None:
+            if cfg.query_encoder == "on":
+                raise TwinError("retrieval.query_encoder=on but this project has no query encoder: "
+                                "run `twin tune query-encoder`")
             return self.embedder
         return get_query_encoder(path, self.embedder, f"query-encoder-{path.name}")
 

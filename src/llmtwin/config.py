@@ -6,15 +6,29 @@ Loading and saving are explicit functions: nothing is read at import.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llmtwin.errors import TwinError
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _on_off_words(cls, data):
+        """YAML reads an unquoted off / on (in twin.yaml or `--set retrieval.rerank=off`) as a
+        boolean: a field that chooses among words gets its word back."""
+        if isinstance(data, dict):
+            for name, value in list(data.items()):
+                field = cls.model_fields.get(name)
+                if isinstance(value, bool) and field is not None:
+                    word = "on" if value else "off"
+                    if word in get_args(field.annotation):
+                        data = {**data, name: word}
+        return data
 
 
 class LLMConfig(_Section):
@@ -101,8 +115,8 @@ class RetrievalConfig(_Section):
     compress_tokens: int = Field(0, ge=0)  # context compression budget in embedder tokens (0 = off)
     adapter: Literal["auto", "off"] = "auto"  # auto: the project's trained query adapter, if it helped
     # auto: queries embedded by the project's distilled query encoder (`twin tune query-encoder`), if
-    # its check passed; off: always by the embedder itself
-    query_encoder: Literal["auto", "off"] = "auto"
+    # its check passed; on: by the latest one even if not; off: always by the embedder itself
+    query_encoder: Literal["auto", "on", "off"] = "auto"
     # Before retrieval. repair: drop self-corrections ("the Normans, no wait, the Vikings") and filled
     # pauses from the question by rule (retrieval/disfluency.py; no model, microseconds).
     repair: bool = False
