@@ -136,7 +136,7 @@ def test_tune_query_encoder_is_used_by_search_only_if_its_check_passed(twin, tmp
         twin.search_explain(QUERIES[0], k=3, retrieval={"query_encoder": "on"})
     bad = tmp_path / "questions.jsonl"
     bad.write_text('{"question": "why do owls turn their heads"}\n{not json\n', encoding="utf-8")
-    with pytest.raises(TwinError, match=r"questions\.jsonl:2: not JSON"):
+    with pytest.raises(TwinError, match=r"questions\.jsonl:2: not valid JSON"):
         tune_query_encoder(twin, QueryEncoderTuning(texts=[bad], steps=1, batch=8))
     # a check no student can pass (it would have to beat the embedder by 1): saved, not used
     card = tune_query_encoder(twin, QueryEncoderTuning(steps=2, batch=8, held_out=10, max_drop=-1.0))

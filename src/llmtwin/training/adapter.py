@@ -49,7 +49,7 @@ def tune_adapter(twin: Twin, opts: AdapterTuning | None = None, progress: Progre
     import torch
 
     from llmtwin.models.versions import new_version, publish
-    from llmtwin.training.pseudo_queries import embed_queries, load_chunks, sentence_queries
+    from llmtwin.training.pseudo_queries import chunk_matrix, embed_queries, load_chunks, sentence_queries
 
     opts = opts or AdapterTuning()
     started = time.perf_counter()
@@ -61,11 +61,8 @@ def tune_adapter(twin: Twin, opts: AdapterTuning | None = None, progress: Progre
     queries = sentence_queries(chunks, opts.queries, rng, mix=opts.mix)
     if len(queries) < 10:
         raise TwinError("could not make enough training queries from the chunks")
-    ids = [c.chunk_id for c in chunks]
-    stored = store.get_vectors(ids) if len(ids) <= 50_000 else store.chunk_vectors(sorted({c.doc_id for c in chunks}))
-    index = {cid: i for i, cid in enumerate(ids)}
-    P = np.stack([stored[c] for c in ids]).astype(np.float32)
-    P /= np.maximum(np.linalg.norm(P, axis=1, keepdims=True), 1e-12)
+    index = {c.chunk_id: i for i, c in enumerate(chunks)}
+    P = chunk_matrix(store, chunks)
     Q = np.zeros((len(queries), P.shape[1]), np.float32)
     for s in range(0, len(queries), 256):
         Q[s : s + 256] = embed_queries(twin.embedder, [q.query for q in queries[s : s + 256]])

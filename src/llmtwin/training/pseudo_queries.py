@@ -199,6 +199,18 @@ def add_hard_negatives(
     return kept
 
 
+def chunk_matrix(store: LanceStore, chunks: list[Chunk]):
+    """The stored vectors of `chunks`, in their order, as float32 rows of norm 1 (one read by id up
+    to 50,000 chunks, else by document)."""
+    import numpy as np
+
+    ids = [c.chunk_id for c in chunks]
+    stored = store.get_vectors(ids) if len(ids) <= 50_000 else store.chunk_vectors(sorted({c.doc_id for c in chunks}))
+    matrix = np.stack([stored[c] for c in ids]).astype(np.float32)
+    matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    return matrix
+
+
 def embed_queries(embedder: Embedder, texts: list[str]):
     """Query vectors as embed_query makes them, in batches (one by one if passages get a prefix)."""
     import numpy as np

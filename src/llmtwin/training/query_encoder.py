@@ -23,7 +23,6 @@ default) then embeds queries with the latest usable version. Saved as
 from __future__ import annotations
 
 import copy
-import json
 import random
 import time
 from collections.abc import Callable
@@ -57,29 +56,29 @@ class QueryEncoderTuning:
 
 
 def read_texts(path: Path) -> list[str]:
-    """Non-empty lines of a .txt, or the text/query/question field of each .jsonl row; a bad row is an
-    error naming the file and line."""
+    """Non-empty lines of a .txt, or the text/query/question field of each .jsonl row (data/jsonl.py);
+    any bad row is an error naming the file and the first bad line."""
+    from llmtwin.data.jsonl import BadLine, read_jsonl
+
     path = Path(path)
-    if not path.is_file():
-        raise TwinError(f"{path}: no such file")
+    if path.suffix != ".jsonl":
+        if not path.is_file():
+            raise TwinError(f"{path}: no such file")
+        try:
+            return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError as e:
+            raise TwinError(f"{path}: not UTF-8 ({e})") from e
     out: list[str] = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            if path.suffix != ".jsonl":
-                out.append(line)
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TwinError(f"{path}:{number}: not JSON ({e.msg})") from e
-            text = next((row[k] for k in ("text", "query", "question") if isinstance(row, dict) and k in row), None)
-            if not isinstance(text, str):
-                raise TwinError(f"{path}:{number}: expected an object with a string \"text\", \"query\" or \"question\"")
-            if text.strip():
-                out.append(text.strip())
+    bad: list[BadLine] = []
+    for number, row in read_jsonl(path, bad):
+        text = next((row[k] for k in ("text", "query", "question") if k in row), None)
+        if not isinstance(text, str):
+            bad.append(BadLine(str(path), number, 'expected a string "text", "query" or "question"'))
+        elif text.strip():
+            out.append(text.strip())
+    if bad:
+        more = f" (and {len(bad) - 1} more bad lines)" if len(bad) > 1 else ""
+        raise TwinError(f"{min(bad, key=lambda b: b.line)}{more}")
     return out
 
 
@@ -116,7 +115,7 @@ def tune_query_encoder(twin: Twin, opts: QueryEncoderTuning | None = None,
 
     from llmtwin.models.embedder import SentenceTransformerEmbedder
     from llmtwin.models.versions import new_version, publish
-    from llmtwin.training.pseudo_queries import load_chunks, sentence_queries
+    from llmtwin.training.pseudo_queries import chunk_matrix, load_chunks, sentence_queries
 
     opts = opts or QueryEncoderTuning()
     started = time.perf_counter()
@@ -193,11 +192,8 @@ def tune_query_encoder(twin: Twin, opts: QueryEncoderTuning | None = None,
     train_s = time.perf_counter() - t_train
 
     # the check: held-out pseudo-queries against every chunk vector, teacher vs student
-    ids = [c.chunk_id for c in chunks]
-    stored = store.get_vectors(ids) if len(ids) <= 50_000 else store.chunk_vectors(sorted({c.doc_id for c in chunks}))
-    P = np.stack([stored[c] for c in ids]).astype(np.float32)
-    P /= np.maximum(np.linalg.norm(P, axis=1, keepdims=True), 1e-12)
-    index = {cid: i for i, cid in enumerate(ids)}
+    P = chunk_matrix(store, chunks)
+    index = {c.chunk_id: i for i, c in enumerate(chunks)}
     own = np.array([index[q.chunk_id] for q in held])
     held_texts = [q.query for q in held]
 
