@@ -47,7 +47,7 @@ def test_int8_first_pass_finds_what_the_exact_product_finds(corpus, dtype):
     allowed = np.arange(3000) % 3 == 0
     for q in queries:
         for limit, mask in ((10, None), (100, None), (10, allowed)):
-            got, want = int8.dense(q, limit, mask), exact.dense(q, limit, mask)
+            got, want = int8.dense(q, limit, mask).hits(), exact.dense(q, limit, mask).hits()
             assert [h.chunk.chunk_id for h in got] == [h.chunk.chunk_id for h in want]
             # re-scored from the same vectors: float16 (torch) gives the same bits on a subset of
             # rows, float32 (BLAS) may differ in the last one

@@ -75,6 +75,30 @@ def test_no_stage_on_is_plain_search(twin):
     assert result.pipeline == ["hybrid"] and len(result.stages["fused"]) == 3
 
 
+def test_hybrid_fuses_rows_as_score_fusion_fuses_hits(twin):
+    """In memory, hybrid search fuses arrays of table rows and builds hits for the k it keeps only:
+    the same hits, scores and order as score_fusion over the two lists of hits."""
+    from llmtwin.retrieval.search import _fuse_rows, score_fusion
+
+    query = "how does sourdough rise"
+    store = twin.store()
+    dense = store.dense_rows(twin.embedder.embed_query(query), 20)
+    bm25 = store.text_rows(query, 20)
+    assert dense is not None and bm25 is not None and dense.cache is bm25.cache
+    assert 0 < len(bm25.rows) < len(dense.rows)  # some chunks are in one list only
+    for norm in ("relative", "zscore"):
+        for k in (3, 40):
+            rows = _fuse_rows(dense, bm25, [0.3, 0.7], norm, k)
+            hits = score_fusion([dense.hits("dense"), bm25.hits("bm25")], [0.3, 0.7], norm, limit=k)
+            assert [(h.chunk.chunk_id, h.score, h.scores) for h in rows] == [
+                (h.chunk.chunk_id, h.score, h.scores) for h in hits]
+            assert len(rows) == min(k, len(set(dense.rows.tolist()) | set(bm25.rows.tolist())))
+    lean = twin.search_explain(query, k=3, first_stages=False)  # the server's: no dense / BM25 lists kept
+    full = twin.search_explain(query, k=3)
+    assert set(lean.stages) == {"fused"}
+    assert [(h.chunk.chunk_id, h.scores) for h in lean.hits] == [(h.chunk.chunk_id, h.scores) for h in full.hits]
+
+
 def test_auto_merge_replaces_children_with_their_section(twin):
     section, children = volcano_section(twin)
     assert len(children) >= 3  # the section really is split

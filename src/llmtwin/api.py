@@ -100,12 +100,15 @@ class Twin:
         filters: dict[str, str] | list[str] | None = None,
         query_vector=None,
         retrieval: dict[str, Any] | None = None,
+        first_stages: bool = True,
     ):
         """Search, then the configured post-retrieval stages (retrieval/pipeline.py).
 
         `retrieval` overrides `retrieval.*` fields for this request only, e.g. `{"mmr": True,
         "window": 1, "rerank": "off"}`. A given `query_vector` is used as is (no adapter): it must
         embed the question as searched: `disfluency.searched_question(query, cfg)`.
+        `first_stages=False`: a hybrid search's dense and BM25 lists are not kept in `stages` (a
+        caller that wants the hits only saves building ~200 of them).
         """
         from llmtwin.retrieval.before import Plan, plan, search_plan, uses_before
         from llmtwin.retrieval.pipeline import Pipeline
@@ -175,6 +178,7 @@ class Twin:
                 query_vector=vector,
                 sources=planned.sources,
                 sentences=cfg.sentences,
+                first_stages=first_stages,
             )
 
         result = search_plan(planned, run_one, cfg.rrf_k)
@@ -262,7 +266,7 @@ class Twin:
         return get_query_encoder(path, self.embedder, f"query-encoder-{path.name}")
 
     def search(self, query: str, **kwargs: Any) -> list[Hit]:
-        return self.search_explain(query, **kwargs).hits
+        return self.search_explain(query, first_stages=False, **kwargs).hits
 
     def ask(
         self,

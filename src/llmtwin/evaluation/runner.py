@@ -180,7 +180,8 @@ def evaluate_retrieval(
         t = time.perf_counter()
         try:
             result = twin.search_explain(
-                q.question, k=depth, mode=mode, query_vector=vectors[i] if vectors is not None else None
+                q.question, k=depth, mode=mode, query_vector=vectors[i] if vectors is not None else None,
+                first_stages=False,
             )
             hits = result.hits
             row["timings"] = {k: round(v, 6) for k, v in result.timings.items()}

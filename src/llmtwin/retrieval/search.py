@@ -11,9 +11,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
+
 from llmtwin.errors import TwinError
 from llmtwin.models.embedder import Embedder
-from llmtwin.store.lancedb_store import LanceStore, sql_in, sql_quote
+from llmtwin.store.lancedb_store import LanceStore, Ranked, sql_in, sql_quote
 from llmtwin.types import Hit
 
 Mode = Literal["hybrid", "dense", "bm25"]
@@ -108,71 +110,74 @@ def rrf(rankings: list[list[Hit]], k: int = 60) -> list[Hit]:
     return out
 
 
-def score_fusion(
-    rankings: list[list[Hit]], weights: list[float], norm: str = "relative", limit: int | None = None
-) -> list[Hit]:
-    """Convex combination of normalised scores (the default hybrid fusion).
+def fuse_arrays(
+    lists: list[tuple[np.ndarray, np.ndarray]], weights: list[float], norm: str = "relative",
+    limit: int | None = None, order: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Score fusion on arrays: `lists` holds each ranking's (keys, scores), keys being non-negative
+    integers (a chunk's row in the in-memory table, say); a key repeated within a list counts once,
+    at its first place. Each list's scores are normalised over its whole list — `relative`: min-max
+    to [0, 1]; `zscore`: (s − mean) / std — and a key's fused score is the weighted sum, a list
+    without the key giving it that list's lowest normalised score.
 
-    Each list's scores are normalised over its own candidates — `relative`: min-max to [0, 1] (what
-    Weaviate calls relative-score fusion); `zscore`: (s − mean) / std — and a chunk's fused score is
-    the weighted sum; a list that did not return the chunk gives it that list's lowest normalised
-    score. Unlike RRF this keeps *how much* better a hit is: on disfl_qa, where BM25 is far
-    stronger than dense, equal weights give nDCG@10 0.926 against RRF's 0.895 (docs/BENCHMARKS.md).
-
-    `limit`: only the best `limit` come back, and only they are built as hits (a hybrid search
-    fuses ~200 candidates to return 5 or 20: building all of them was a tenth of its CPU time).
+    Returns the best `limit` keys (all when None) by fused score, ties by `order[key]` (by the key
+    itself when None), their fused scores, and for each list the key's place in it (−1: absent).
     """
-    import numpy as np
-
-    totals: dict[str, float] = {}
-    found: dict[str, list[Hit]] = {}  # chunk id → its hit in each list that has it
-    floors = 0.0
-    for ranking, weight in zip(rankings, weights, strict=True):
-        if not ranking:
+    present = [np.asarray(keys) for keys, _ in lists if len(keys)]
+    if not present:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, np.zeros(0), [empty for _ in lists]
+    union = np.unique(np.concatenate(present))
+    totals = np.zeros(len(union))
+    places = []
+    for (keys, scores), weight in zip(lists, weights, strict=True):
+        place = np.full(len(union), -1, dtype=np.int64)
+        places.append(place)
+        if not len(keys):
             continue
-        raw = np.array([h.score for h in ranking], dtype=np.float64)
+        raw = np.asarray(scores, dtype=np.float64)
         if norm == "zscore":
             spread = raw.std()
             scaled = (raw - raw.mean()) / spread if spread > 1e-12 else np.zeros_like(raw)
         else:
             spread = raw.max() - raw.min()
             scaled = (raw - raw.min()) / spread if spread > 1e-12 else np.ones_like(raw)
-        floor = float(scaled.min())
-        seen = set()
-        for hit, value in zip(ranking, scaled.tolist()):
-            cid = hit.chunk.chunk_id
-            if cid in seen:
-                continue
-            seen.add(cid)
-            if cid in totals:
-                found[cid].append(hit)
-                totals[cid] += weight * value
-            else:
-                found[cid] = [hit]
-                totals[cid] = floors + weight * value  # the lists before this one did not have it
-        if floor != 0.0:
-            for cid in totals:
-                if cid not in seen:
-                    totals[cid] += weight * floor
-        floors += weight * floor
-    order = sorted(totals, key=lambda cid: (-totals[cid], cid))
+        unique, first = np.unique(keys, return_index=True)  # sorted, like `union`
+        at = np.searchsorted(union, unique)
+        place[at] = first
+        value = np.full(len(union), scaled.min())
+        value[at] = scaled[first]
+        totals += weight * value
+    tie = union if order is None else order[union]
+    best = np.lexsort((tie, -totals))[:limit]
+    return union[best], totals[best], [place[best] for place in places]
+
+
+def score_fusion(
+    rankings: list[list[Hit]], weights: list[float], norm: str = "relative", limit: int | None = None
+) -> list[Hit]:
+    """Convex combination of normalised scores (the default hybrid fusion), on lists of hits:
+    `fuse_arrays` with each chunk id as a key, ties by chunk id. A fused hit keeps every list's
+    scores (the first list's chunk) and its fused score under the name of `norm`.
+
+    Unlike RRF this keeps *how much* better a hit is: on disfl_qa, where BM25 is far stronger than
+    dense, equal weights give nDCG@10 0.926 against RRF's 0.895 (docs/BENCHMARKS.md). Relative
+    score fusion is what Weaviate calls it. `limit`: only the best `limit` are built as hits.
+    """
+    ids = sorted({h.chunk.chunk_id for ranking in rankings for h in ranking})
+    key = {cid: i for i, cid in enumerate(ids)}  # keys in chunk-id order: ties go by chunk id
+    lists = [(np.array([key[h.chunk.chunk_id] for h in ranking], dtype=np.int64),
+              np.array([h.score for h in ranking], dtype=np.float64)) for ranking in rankings]
+    _, totals, places = fuse_arrays(lists, weights, norm, limit)
     out = []
-    for cid in order if limit is None else order[:limit]:
-        first, *others = found[cid]
-        scores = dict(first.scores)
-        for hit in others:
+    for i, total in enumerate(totals.tolist()):
+        found = [ranking[place[i]] for ranking, place in zip(rankings, places) if place[i] >= 0]
+        scores = dict(found[0].scores)
+        for hit in found[1:]:
             scores.update(hit.scores)
-        scores[norm] = totals[cid]
-        out.append(Hit(first.chunk, totals[cid], scores))
+        scores[norm] = total
+        out.append(Hit(found[0].chunk, total, scores))
     return out
-
-
-def _text_stage(store: LanceStore, query: str, depth: int, where: str | None) -> tuple[list[Hit], float]:
-    t = time.perf_counter()
-    hits = store.text_search(query, depth, where)
-    for hit in hits:
-        hit.scores["bm25"] = hit.score
-    return hits, time.perf_counter() - t
 
 
 def search(
@@ -190,10 +195,13 @@ def search(
     query_vector=None,
     sources: list[str] | None = None,
     sentences: bool = True,
+    first_stages: bool = True,
 ) -> SearchResult:
     """`query_vector` replaces embedding `query` (HyDE, or a benchmark that embeds queries in batches).
     `sources`: source globs, any of which may match (a routed collection), ANDed with `filters`.
-    `sentences`: dense scores a chunk by its best sentence too, where the store has sentence vectors."""
+    `sentences`: dense scores a chunk by its best sentence too, where the store has sentence vectors.
+    `first_stages`: keep the dense and BM25 lists in `stages` (for --explain; a server's search,
+    which returns only the hits, skips building them)."""
     if not query.strip():
         raise TwinError("empty query")
     result = SearchResult(hits=[])
@@ -205,6 +213,7 @@ def search(
     if filters or sources:
         result.timings["filter"] = time.perf_counter() - t
     depth = max(candidates, k) if mode == "hybrid" else k
+    dense = bm25 = None
     if mode in ("dense", "hybrid"):
         vector = query_vector
         if vector is None:
@@ -212,26 +221,60 @@ def search(
             vector = embedder.embed_query(query)
             result.timings["embed_query"] = time.perf_counter() - t
         t = time.perf_counter()
-        dense = store.dense_search(vector, depth, result.where, sentences=sentences)
-        for hit in dense:
-            hit.scores["dense"] = hit.score
-        result.stages["dense"] = dense
+        dense = store.dense_rows(vector, depth, result.where, sentences=sentences)
+        if dense is None:  # the table is not in memory: LanceDB's index answers
+            dense = _labelled(store.dense_search(vector, depth, result.where, sentences=sentences), "dense")
         result.timings["dense"] = time.perf_counter() - t
     if mode in ("bm25", "hybrid"):
         # Sequential on purpose: run beside the query embedding on 2 cores, BM25 slowed the
         # embedding more than it saved (hybrid p50 32 ms vs 24 ms at 13k chunks).
-        bm25, seconds = _text_stage(store, query, depth, result.where)
-        result.stages["bm25"] = bm25
-        result.timings["bm25"] = seconds
-    if mode == "hybrid":
         t = time.perf_counter()
-        lists = [result.stages["dense"], result.stages["bm25"]]
-        if fusion == "rrf":
-            result.hits = rrf(lists, rrf_k)[:k]
-        else:
-            result.hits = score_fusion(lists, [dense_weight, 1.0 - dense_weight], fusion, limit=k)
-        result.stages["fused"] = result.hits
-        result.timings["fuse"] = time.perf_counter() - t
+        bm25 = store.text_rows(query, depth, result.where)
+        if bm25 is None:
+            bm25 = _labelled(store.text_search(query, depth, result.where), "bm25")
+        result.timings["bm25"] = time.perf_counter() - t
+    if mode != "hybrid":
+        only = dense if mode == "dense" else bm25
+        result.hits = result.stages[mode] = _as_hits(only, mode)[:k]
+        return result
+    t = time.perf_counter()
+    weights = [dense_weight, 1.0 - dense_weight]
+    if fusion != "rrf" and isinstance(dense, Ranked) and isinstance(bm25, Ranked) and dense.cache is bm25.cache:
+        result.hits = _fuse_rows(dense, bm25, weights, fusion, k)  # hits built for the k kept only
     else:
-        result.hits = result.stages[mode][:k]
+        lists = [_as_hits(dense, "dense"), _as_hits(bm25, "bm25")]
+        result.hits = rrf(lists, rrf_k)[:k] if fusion == "rrf" else score_fusion(lists, weights, fusion, limit=k)
+    result.timings["fuse"] = time.perf_counter() - t
+    if first_stages:
+        result.stages["dense"] = _as_hits(dense, "dense")
+        result.stages["bm25"] = _as_hits(bm25, "bm25")
+    result.stages["fused"] = result.hits
     return result
+
+
+def _labelled(hits: list[Hit], name: str) -> list[Hit]:
+    for hit in hits:
+        hit.scores[name] = hit.score
+    return hits
+
+
+def _as_hits(found: Ranked | list[Hit], name: str) -> list[Hit]:
+    return found.hits(name) if isinstance(found, Ranked) else found
+
+
+def _fuse_rows(dense: Ranked, bm25: Ranked, weights: list[float], norm: str, k: int) -> list[Hit]:
+    """`score_fusion` of two lists of rows of one in-memory table: the same hits, scores and order,
+    with only the `k` kept built as hits."""
+    lists = [(dense.rows, dense.scores), (bm25.rows, bm25.scores)]
+    rows, totals, places = fuse_arrays(lists, weights, norm, k, order=dense.cache.id_order)
+    chunks = dense.cache.chunks
+    out = []
+    for row, total, d, b in zip(rows.tolist(), totals.tolist(), places[0].tolist(), places[1].tolist()):
+        scores = {}
+        if d >= 0:
+            scores["dense"] = float(dense.scores[d])
+        if b >= 0:
+            scores["bm25"] = float(bm25.scores[b])
+        scores[norm] = total
+        out.append(Hit(chunks[row], total, scores))
+    return out

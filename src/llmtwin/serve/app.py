@@ -320,7 +320,8 @@ def create_app(twin, *, keys: KeyStore | None, warm: bool = True) -> FastAPI:
             vector = await batcher.embed(searched_question(body.query, cfg))
         embed_s = time.perf_counter() - started
         result = await asyncio.get_running_loop().run_in_executor(server.search_pool, lambda: twin.search_explain(
-            body.query, k=body.k, mode=mode, filters=body.filters, query_vector=vector, retrieval=body.retrieval
+            body.query, k=body.k, mode=mode, filters=body.filters, query_vector=vector, retrieval=body.retrieval,
+            first_stages=False,
         ))
         timings = {**({"embed_query": embed_s} if vector is not None else {}), **result.timings,
                    "total": time.perf_counter() - started}

@@ -82,6 +82,11 @@ class MemoryBM25:
     def top(self, query: str, limit: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
         """(row, score) of the best `limit` rows with a score above 0, best first, ties by row.
         `allowed`: a boolean mask of the rows a filter lets through."""
+        rows, scores = self.top_rows(query, limit, allowed)
+        return list(zip(rows.tolist(), scores.tolist()))
+
+    def top_rows(self, query: str, limit: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`top` as two arrays: the rows and their float32 scores."""
         scores = self.scores(query)
         if allowed is not None:
             scores = np.where(allowed, scores, 0.0)
@@ -89,4 +94,4 @@ class MemoryBM25:
         if len(hits) > limit:
             hits = hits[np.argpartition(-scores[hits], limit - 1)[:limit]]
         hits = hits[np.lexsort((hits, -scores[hits]))]
-        return list(zip(hits.tolist(), scores[hits].tolist()))
+        return hits, scores[hits]

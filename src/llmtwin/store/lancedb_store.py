@@ -16,6 +16,7 @@ import json
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -398,10 +399,11 @@ class LanceStore:
         cache = self._memory()
         if cache is not None:
             allowed = self._allowed(cache, where)
-            if not (sentences and cache.sentences is None and cache.sentence_rows):
-                return cache.dense(vector, limit, allowed, sentences=sentences)
+            if _all_in(cache, sentences):
+                return cache.dense(vector, limit, allowed, sentences=sentences).hits()
             # more sentence vectors than memory_max_sentences: read the pool's from the store
-            return self._rescore(cache.dense(vector, max(limit, SENTENCE_POOL), allowed, sentences=False), vector, limit)
+            pool = cache.dense(vector, max(limit, SENTENCE_POOL), allowed, sentences=False).hits()
+            return self._rescore(pool, vector, limit)
         rescore = sentences and limit > 0 and self._sentence_rows() > 0
         query = (
             self.chunks.search(vector, vector_column_name="vector")
@@ -413,6 +415,21 @@ class LanceStore:
             query = query.where(where, prefilter=True)
         hits = [Hit(_row_to_chunk(row), 1.0 - float(row["_distance"])) for row in query.to_list()]
         return self._rescore(hits, vector, limit) if rescore else hits
+
+    def dense_rows(
+        self, vector: np.ndarray, limit: int, where: str | None = None, sentences: bool = True
+    ) -> Ranked | None:
+        """`dense_search` as rows of the in-memory table (no `Hit` built yet), or None where the
+        table is not in memory or its sentence vectors would be read from the store."""
+        cache = self._memory()
+        if cache is None or not _all_in(cache, sentences):
+            return None
+        return cache.dense(np.asarray(vector, dtype=np.float32), limit, self._allowed(cache, where), sentences)
+
+    def text_rows(self, query: str, limit: int, where: str | None = None) -> Ranked | None:
+        """`text_search` as rows of the in-memory table, or None where the table is not in memory."""
+        cache = self._memory()
+        return None if cache is None else cache.text(query, limit, self._allowed(cache, where))
 
     def _rescore(self, hits: list[Hit], vector: np.ndarray, limit: int) -> list[Hit]:
         """Each hit scored by the best of its own and its stored sentences' cosines, best `limit` kept."""
@@ -449,7 +466,7 @@ class LanceStore:
             return []
         cache = self._memory()
         if cache is not None:
-            return cache.text(query, limit, self._allowed(cache, where))
+            return cache.text(query, limit, self._allowed(cache, where)).hits()
         if not self._has_fts():
             return []
         try:
@@ -534,6 +551,12 @@ class LanceStore:
         return self._cache
 
 
+def _all_in(cache: _MemoryCache, sentences: bool) -> bool:
+    """Whether the cache alone answers a dense search (with `sentences`: it holds the stored
+    sentence vectors, or there are none)."""
+    return not (sentences and cache.sentences is None and cache.sentence_rows)
+
+
 def _unit_rows(table: pa.Table) -> np.ndarray:
     """The table's `vector` column as float32 rows of norm 1."""
     n = table.num_rows
@@ -606,15 +629,16 @@ class _MemoryCache:
         self.masks: dict[str, np.ndarray] = {}  # filter → allowed rows (LanceStore._allowed)
         self._bm25 = None
         self._bm25_lock = threading.Lock()
+        self._id_order: np.ndarray | None = None
 
     def dense(self, vector: np.ndarray, limit: int, allowed: np.ndarray | None = None,
-              sentences: bool = True) -> list[Hit]:
+              sentences: bool = True) -> Ranked:
         """The `limit` chunks closest to `vector` (cosine). With `sentences` and sentence vectors
         stored, the best SENTENCE_POOL (at least `limit`) by chunk vector are re-scored with the
         best of their own and their sentences' cosines, then cut to `limit`: the cost stays that
         of one product over the chunks plus a few hundred sentences, however many are stored."""
         if not self.chunks or limit <= 0:
-            return []
+            return Ranked.empty(self)
         unit = np.ascontiguousarray(vector, dtype=np.float32)
         unit = unit / max(float(np.linalg.norm(unit)), 1e-12)
         rescore = sentences and self.sentences is not None
@@ -630,7 +654,7 @@ class _MemoryCache:
         if rescore:
             scores[top] = self._best_of_sentences(unit, top, scores[top])
         top = top[np.lexsort((top, -scores[top]))][:limit]  # by score, then table order: deterministic
-        return [Hit(self.chunks[i], s) for i, s in zip(top.tolist(), scores[top].tolist())]
+        return Ranked(top, scores[top], self)
 
     @staticmethod
     def _top(scores: np.ndarray, limit: int, allowed: np.ndarray | None) -> np.ndarray:
@@ -676,14 +700,45 @@ class _MemoryCache:
         out[has] = np.maximum(out[has], best)
         return out
 
-    def text(self, query: str, limit: int, allowed: np.ndarray | None = None) -> list[Hit]:
+    def text(self, query: str, limit: int, allowed: np.ndarray | None = None) -> Ranked:
         if self._bm25 is None:
             with self._bm25_lock:  # concurrent first searches build it once
                 if self._bm25 is None:
                     from llmtwin.store.bm25 import MemoryBM25
 
                     self._bm25 = MemoryBM25(c.text for c in self.chunks)
-        return [Hit(self.chunks[i], score) for i, score in self._bm25.top(query, limit, allowed)]
+        return Ranked(*self._bm25.top_rows(query, limit, allowed), self)
+
+    @property
+    def id_order(self) -> np.ndarray:
+        """Each row's place in chunk-id order (fusion breaks ties by chunk id), built on first use."""
+        if self._id_order is None:
+            order = np.empty(len(self.chunks), dtype=np.int64)
+            order[np.argsort(np.array([c.chunk_id for c in self.chunks]), kind="stable")] = np.arange(len(self.chunks))
+            self._id_order = order
+        return self._id_order
+
+
+@dataclass
+class Ranked:
+    """Rows of one in-memory snapshot of the chunk table (`cache`), best first, with their scores:
+    a search's candidates before any `Hit` is built (a hybrid search fuses ~200 to return 10)."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+    cache: _MemoryCache
+
+    @staticmethod
+    def empty(cache: _MemoryCache) -> Ranked:
+        return Ranked(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), cache)
+
+    def hits(self, label: str | None = None) -> list[Hit]:
+        """As hits; `label` also keeps each score under that name (e.g. "dense")."""
+        chunks = self.cache.chunks
+        pairs = zip(self.rows.tolist(), self.scores.tolist())
+        if label is None:
+            return [Hit(chunks[i], s) for i, s in pairs]
+        return [Hit(chunks[i], s, {label: s}) for i, s in pairs]
 
 
 def _row_to_chunk(row: dict) -> Chunk:
