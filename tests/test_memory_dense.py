@@ -64,3 +64,17 @@ def test_top_takes_ties_in_table_order():
         rows = np.arange(n) if allowed is None else np.flatnonzero(allowed)
         want = rows[np.lexsort((rows, -scores[rows]))][:limit]
         assert sorted(_MemoryCache._top(scores, limit, allowed).tolist()) == sorted(want.tolist())
+
+
+def test_auto_dtype_is_float32_only_beside_the_int8_pass_and_within_its_budget(corpus, monkeypatch):
+    import llmtwin.store.lancedb_store as lancedb_store
+
+    table, queries = corpus
+    auto = _MemoryCache((1, 1), table, "auto", scan="int8")
+    assert auto.dtype == "float32" and isinstance(auto.matrix, np.ndarray)
+    assert _MemoryCache((1, 1), table, "auto", scan="exact").dtype == "float16"  # the full product: float16
+    monkeypatch.setattr(lancedb_store, "AUTO_FLOAT32_BYTES", 3000 * 384 * 4 - 1)  # one byte short
+    assert _MemoryCache((1, 1), table, "auto", scan="int8").dtype == "float16"
+    half = _MemoryCache((1, 1), table, "float16", scan="int8")
+    for q in queries[:10]:  # the same best scores either way, to float16 resolution (near ties may swap)
+        assert np.allclose(auto.dense(q, 10).scores, half.dense(q, 10).scores, rtol=0, atol=1e-3)

@@ -159,9 +159,11 @@ class StoreConfig(_Section):
     # up to this many sentence vectors, they are held in memory too (float16: 768 bytes each);
     # beyond, each dense search reads its top chunks' sentence vectors from the store instead
     memory_max_sentences: int = Field(1_000_000, ge=0)
-    # The in-memory vectors: float16 halves their memory and cuts a search's CPU under load (the
-    # matrix shares the cache with the query encoder); scores at float16 resolution; float32 is exact.
-    memory_dtype: Literal["float16", "float32"] = "float16"
+    # The in-memory vectors. auto: float32 where the int8 first pass runs and the chunk + sentence
+    # vectors take at most 512 MB in float32 (each search then only gathers a few hundred rows, in
+    # numpy: less CPU than float16 on torch), else float16. float16 halves their memory (scores at
+    # float16 resolution) and is the cheaper one for memory_scan=exact; float32 is exact.
+    memory_dtype: Literal["auto", "float16", "float32"] = "auto"
     # int8: dense search first scores every in-memory chunk on an int8 copy (half float16's bytes,
     # store/int8_scan.py), then re-scores the best 2 × needed from the memory_dtype vectors;
     # exact: one product over all of them.
