@@ -239,6 +239,7 @@ def search(
         return result
     t = time.perf_counter()
     weights = [dense_weight, 1.0 - dense_weight]
+    lists = None
     if fusion != "rrf" and isinstance(dense, Ranked) and isinstance(bm25, Ranked) and dense.cache is bm25.cache:
         result.hits = _fuse_rows(dense, bm25, weights, fusion, k)  # hits built for the k kept only
     else:
@@ -246,8 +247,7 @@ def search(
         result.hits = rrf(lists, rrf_k)[:k] if fusion == "rrf" else score_fusion(lists, weights, fusion, limit=k)
     result.timings["fuse"] = time.perf_counter() - t
     if first_stages:
-        result.stages["dense"] = _as_hits(dense, "dense")
-        result.stages["bm25"] = _as_hits(bm25, "bm25")
+        result.stages["dense"], result.stages["bm25"] = lists or [_as_hits(dense, "dense"), _as_hits(bm25, "bm25")]
     result.stages["fused"] = result.hits
     return result
 
