@@ -156,7 +156,7 @@ class StoreConfig(_Section):
     backend: Literal["lancedb"] = "lancedb"
     path: str = ".twin/store"  # relative to the project root
     memory_max_chunks: int = Field(200_000, ge=0)  # up to this many chunks, search runs on an in-memory copy
-    # up to this many sentence vectors, they are held in memory too (float16: 768 bytes each);
+    # up to this many sentence vectors, they are held in memory too (384 dims: 768 bytes in float16);
     # beyond, each dense search reads its top chunks' sentence vectors from the store instead
     memory_max_sentences: int = Field(1_000_000, ge=0)
     # The in-memory vectors. auto: float32 where the int8 first pass runs and the chunk + sentence
