@@ -206,6 +206,22 @@ def test_incremental_reingest(tmp_path, embedder, make_mixed_corpus):
     assert versions[-1]["chunks_total"] == store().count_chunks()
 
 
+def test_search_of_a_store_emptied_by_reingest_finds_nothing(tmp_path, embedder):
+    """Every file gone from the folder: its chunks go, and a search finds nothing (it used to fail
+    building the in-memory copy of an empty table)."""
+    twin = Twin(tmp_path / "proj")
+    corpus = tmp_path / "proj" / "corpus"
+    corpus.mkdir(parents=True)
+    (corpus / "lava.md").write_text("Lava cools into basalt on the slopes of the volcano.\n", encoding="utf-8")
+    ingest_in(twin, "corpus")
+    assert twin.search("basalt", k=3)[0].chunk.doc_id == "corpus/lava.md"
+    (corpus / "lava.md").unlink()
+    assert ingest_in(twin, "corpus").deleted == ["corpus/lava.md"]
+    assert twin.store().count_chunks() == 0
+    for mode in ("hybrid", "dense", "bm25"):
+        assert twin.search("basalt", k=3, mode=mode) == []
+
+
 # ---------------------------------------------------------------- 4: crash safety
 
 

@@ -563,11 +563,12 @@ def _all_in(cache: _MemoryCache, sentences: bool) -> bool:
 
 
 def _unit_rows(table: pa.Table) -> np.ndarray:
-    """The table's `vector` column as float32 rows of norm 1."""
+    """The table's `vector` column as float32 rows of norm 1 (0 rows for an empty table)."""
     n = table.num_rows
-    flat = table.column("vector").combine_chunks().flatten().to_numpy() if n else np.zeros(0, np.float32)
-    matrix = flat.reshape(n, -1).astype(np.float32, copy=False)
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True) if n else np.ones((0, 1), np.float32)
+    if n == 0:
+        return np.zeros((0, table.schema.field("vector").type.list_size), np.float32)
+    matrix = table.column("vector").combine_chunks().flatten().to_numpy().reshape(n, -1).astype(np.float32, copy=False)
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     return np.ascontiguousarray(matrix / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
