@@ -266,7 +266,8 @@ class Twin:
         return get_query_encoder(path, self.embedder, f"query-encoder-{path.name}")
 
     def search(self, query: str, **kwargs: Any) -> list[Hit]:
-        return self.search_explain(query, first_stages=False, **kwargs).hits
+        kwargs.setdefault("first_stages", False)  # the hits only: no dense / BM25 lists to build
+        return self.search_explain(query, **kwargs).hits
 
     def ask(
         self,
