@@ -153,6 +153,10 @@ def test_tune_query_encoder_is_used_by_search_only_if_its_check_passed(twin, tmp
     assert 0 < card["check"]["student_mrr10"] <= 1 and card["check"]["cosine_mean"] > 0.8
     student = twin.query_embedder()
     assert student is not twin.embedder and student.student == "query-encoder-v2"
+    # a caller that embeds questions itself (the eval runner, the server's batcher) must not here,
+    # unless this request turns the student (and any adapter) off
+    assert not twin.plain_queries() and not twin.plain_queries(twin.retrieval_config({"adapter": "off"}))
+    assert twin.plain_queries(twin.retrieval_config({"adapter": "off", "query_encoder": "off"}))
     assert student.name == twin.embedder.name and student.dim == twin.embedder.dim
     q = QUERIES[0]
     cos = float(student.embed_query(q) @ twin.embedder.embed_query(q))

@@ -265,6 +265,12 @@ class Twin:
             return self.embedder
         return get_query_encoder(path, self.embedder, f"query-encoder-{path.name}")
 
+    def plain_queries(self, cfg=None) -> bool:
+        """Whether a question is searched with the embedder's own vector under `cfg` (default:
+        retrieval.*): no trained adapter and no distilled query encoder applies. Only then may a
+        caller embed questions itself (in a batch) and pass the vector, which is searched as is."""
+        return self.adapter(cfg) is None and self.query_embedder(cfg) is self.embedder
+
     def search(self, query: str, **kwargs: Any) -> list[Hit]:
         kwargs.setdefault("first_stages", False)  # the hits only: no dense / BM25 lists to build
         return self.search_explain(query, **kwargs).hits

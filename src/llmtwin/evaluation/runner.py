@@ -163,8 +163,7 @@ def evaluate_retrieval(
     vectors = None
     # embed_passages == embed_query with the query prefix; not where a trained adapter or query
     # encoder applies (a given vector is searched as is): search_explain embeds those one by one
-    plain = twin.adapter() is None and twin.query_embedder() is embedder
-    if mode != "bm25" and not emb.passage_prefix and plain:
+    if mode != "bm25" and not emb.passage_prefix and twin.plain_queries():
         from llmtwin.retrieval.disfluency import searched_question
 
         searched = twin.retrieval_config()

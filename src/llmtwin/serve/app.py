@@ -100,11 +100,6 @@ class Server:
                 self._batcher_checked = True
             return self._batcher
 
-    def plain_queries(self) -> bool:
-        """Whether a query is searched with the embedder's own vector: no trained adapter and no
-        distilled query encoder applies (only then may the batcher embed it)."""
-        return self.twin.adapter() is None and self.twin.query_embedder() is self.embedder
-
     def warm(self) -> None:
         """Load the embedder, the LLM and the store now, not on the first request."""
         _ = self.batcher, self.llm  # properties that load the models
@@ -315,9 +310,10 @@ def create_app(twin, *, keys: KeyStore | None, warm: bool = True) -> FastAPI:
         # query adapter or query encoder applies. Otherwise (ONNX: one query at a time is cheapest) search_explain
         # embeds the query in its own worker thread: one thread hop per search instead of three.
         batcher = server.batcher if mode != "bm25" else None
-        if batcher is not None and await run_in_threadpool(server.plain_queries):
-            cfg = twin.retrieval_config(body.retrieval)
-            vector = await batcher.embed(searched_question(body.query, cfg))
+        if batcher is not None:
+            cfg = twin.retrieval_config(body.retrieval)  # this request's adapter / query_encoder count
+            if await run_in_threadpool(twin.plain_queries, cfg):
+                vector = await batcher.embed(searched_question(body.query, cfg))
         embed_s = time.perf_counter() - started
         result = await asyncio.get_running_loop().run_in_executor(server.search_pool, lambda: twin.search_explain(
             body.query, k=body.k, mode=mode, filters=body.filters, query_vector=vector, retrieval=body.retrieval,
