@@ -401,13 +401,12 @@ class LanceStore:
         `sentences`: where the store has sentence vectors, the best SENTENCE_POOL chunks (at least
         `limit`) are re-scored with the best of their own and their sentences' cosines."""
         vector = np.asarray(vector, dtype=np.float32)
+        ranked = self.dense_rows(vector, limit, where, sentences)
+        if ranked is not None:
+            return ranked.hits()
         cache = self._memory()
-        if cache is not None:
-            allowed = self._allowed(cache, where)
-            if _all_in(cache, sentences):
-                return cache.dense(vector, limit, allowed, sentences=sentences).hits()
-            # more sentence vectors than memory_max_sentences: read the pool's from the store
-            pool = cache.dense(vector, max(limit, SENTENCE_POOL), allowed, sentences=False).hits()
+        if cache is not None:  # more sentence vectors than memory_max_sentences: read the pool's from the store
+            pool = cache.dense(vector, max(limit, SENTENCE_POOL), self._allowed(cache, where), sentences=False).hits()
             return self._rescore(pool, vector, limit)
         rescore = sentences and limit > 0 and self._sentence_rows() > 0
         query = (
@@ -427,7 +426,7 @@ class LanceStore:
         """`dense_search` as rows of the in-memory table (no `Hit` built yet), or None where the
         table is not in memory or its sentence vectors would be read from the store."""
         cache = self._memory()
-        if cache is None or not _all_in(cache, sentences):
+        if cache is None or (sentences and cache.sentences is None and cache.sentence_rows):
             return None
         return cache.dense(np.asarray(vector, dtype=np.float32), limit, self._allowed(cache, where), sentences)
 
@@ -469,9 +468,9 @@ class LanceStore:
         """BM25: in memory (store/bm25.py) when the table fits the cache, else the LanceDB FTS index."""
         if not query.strip():
             return []
-        cache = self._memory()
-        if cache is not None:
-            return cache.text(query, limit, self._allowed(cache, where)).hits()
+        ranked = self.text_rows(query, limit, where)
+        if ranked is not None:
+            return ranked.hits()
         if not self._has_fts():
             return []
         try:
@@ -554,12 +553,6 @@ class LanceStore:
         sentences = self.sentences.to_arrow().select(["chunk_id", "vector"]) if 0 < rows <= self.memory_max_sentences else None
         self._cache = _MemoryCache(version, self.chunks.to_arrow(), self.memory_dtype, sentences, rows, self.memory_scan)
         return self._cache
-
-
-def _all_in(cache: _MemoryCache, sentences: bool) -> bool:
-    """Whether the cache alone answers a dense search (with `sentences`: it holds the stored
-    sentence vectors, or there are none)."""
-    return not (sentences and cache.sentences is None and cache.sentence_rows)
 
 
 def _unit_rows(table: pa.Table) -> np.ndarray:
