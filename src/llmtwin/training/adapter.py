@@ -49,7 +49,7 @@ def tune_adapter(twin: Twin, opts: AdapterTuning | None = None, progress: Progre
     import torch
 
     from llmtwin.models.versions import new_version, publish
-    from llmtwin.training.pseudo_queries import chunk_matrix, embed_queries, load_chunks, sentence_queries
+    from llmtwin.training.pseudo_queries import chunk_matrix, embed_queries, load_chunks, own_chunk_mrr10, sentence_queries
 
     opts = opts or AdapterTuning()
     started = time.perf_counter()
@@ -87,10 +87,7 @@ def tune_adapter(twin: Twin, opts: AdapterTuning | None = None, progress: Progre
     def mrr(matrix: torch.Tensor, rows: np.ndarray) -> float:
         with torch.no_grad():
             q = torch.nn.functional.normalize(Qt[rows] @ matrix.T, dim=1)
-            scores = q @ Pt.T
-            own = scores[torch.arange(len(rows)), Tt[rows]]
-            rank = 1 + (scores > own[:, None]).sum(1)
-            return float(torch.where(rank <= 10, 1.0 / rank, torch.zeros_like(rank, dtype=torch.float)).mean())
+            return own_chunk_mrr10((q @ Pt.T).numpy(), target[rows])
 
     identity = mrr(eye, pick)
     best, best_W, best_epoch = identity, eye.clone(), 0

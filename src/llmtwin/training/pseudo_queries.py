@@ -211,6 +211,15 @@ def chunk_matrix(store: LanceStore, chunks: list[Chunk]):
     return matrix
 
 
+def own_chunk_mrr10(scores, own) -> float:
+    """MRR@10 of each query's own chunk: `scores` is queries × chunks (numpy), `own` each query's
+    chunk column; a chunk scoring the same as the own one does not push it down."""
+    import numpy as np
+
+    rank = 1 + (scores > scores[np.arange(len(own)), own][:, None]).sum(1)
+    return float(np.where(rank <= 10, 1.0 / rank, 0.0).mean())
+
+
 def embed_queries(embedder: Embedder, texts: list[str]):
     """Query vectors as embed_query makes them, in batches (one by one if passages get a prefix)."""
     import numpy as np

@@ -115,7 +115,7 @@ def tune_query_encoder(twin: Twin, opts: QueryEncoderTuning | None = None,
 
     from llmtwin.models.embedder import SentenceTransformerEmbedder
     from llmtwin.models.versions import new_version, publish
-    from llmtwin.training.pseudo_queries import chunk_matrix, load_chunks, sentence_queries
+    from llmtwin.training.pseudo_queries import chunk_matrix, load_chunks, own_chunk_mrr10, sentence_queries
 
     opts = opts or QueryEncoderTuning()
     started = time.perf_counter()
@@ -206,16 +206,12 @@ def tune_query_encoder(twin: Twin, opts: QueryEncoderTuning | None = None,
                 out.append(pooled(model[0].auto_model(**enc).last_hidden_state, mask).numpy())
         return np.concatenate(out)
 
-    def mrr10(Q: np.ndarray) -> float:
-        scores = Q @ P.T
-        rank = 1 + (scores > scores[np.arange(len(own)), own][:, None]).sum(1)
-        return float(np.where(rank <= 10, 1.0 / rank, 0.0).mean())
-
     if progress:
         progress("checking", 0, 1)
     Qt, Qs = embed(teacher), embed(student)
     cos = (Qt * Qs).sum(1)
-    check = {"held_out": len(held), "teacher_mrr10": round(mrr10(Qt), 4), "student_mrr10": round(mrr10(Qs), 4),
+    check = {"held_out": len(held), "teacher_mrr10": round(own_chunk_mrr10(Qt @ P.T, own), 4),
+             "student_mrr10": round(own_chunk_mrr10(Qs @ P.T, own), 4),
              "cosine_mean": round(float(cos.mean()), 4), "cosine_p5": round(float(np.quantile(cos, 0.05)), 4),
              "max_drop": opts.max_drop,
              "what": "each held-out pseudo-query's own chunk among all chunk vectors (dense); `use` only if the "
