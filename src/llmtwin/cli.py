@@ -35,20 +35,14 @@ def _main(
 
 
 def _twin(overrides: dict[str, object] | None = None):
-    import yaml
-
     from llmtwin.api import Twin
-    from llmtwin.config import set_field
-    from llmtwin.errors import TwinError
+    from llmtwin.config import parse_set, set_field
     from llmtwin.project import find_project
 
     project = find_project(_state["project"])
     config = project.config
     for item in _state["set"]:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise TwinError(f"--set {item!r}: expected section.field=value")
-        config = set_field(config, key.strip(), yaml.safe_load(value))
+        config = set_field(config, *parse_set(item))
     for key, value in (overrides or {}).items():
         if value is not None:
             config = set_field(config, key, value)
@@ -635,8 +629,8 @@ def main() -> None:
 
     try:
         app()
-    except TwinError as e:
-        _err(f"error: {e}")
+    except TwinError as e:  # a user error: one line, no traceback (anything else keeps its traceback)
+        _err("error: " + (" ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__))
         sys.exit(2)
     except KeyboardInterrupt:
         _err("interrupted: run the same command again to resume")

@@ -80,6 +80,13 @@ class IngestConfig(_Section):
     # points, dense +4.2; ingest +34 % time; ~4 KB of memory per chunk while searching.
     sentence_vectors: bool = True
     exclude: list[str] = Field(default_factory=lambda: [".*", "node_modules", "__pycache__", ".venv", "venv"])
+    # Symbolic links are read only where they resolve inside the folders given; true reads links
+    # out of them too (loops and special files are still skipped and reported).
+    follow_symlinks: bool = False
+    # keep: a near-duplicate (Jaccard >= minhash_threshold) is stored and searchable, marked with
+    # the document it resembles (records that differ in a name or a number state different facts);
+    # drop: it gets no chunks, as exact duplicates never do. Training datasets drop them either way.
+    near_duplicates: Literal["keep", "drop"] = "keep"
 
 
 class CollectionConfig(_Section):
@@ -251,30 +258,335 @@ class TwinConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
 
 
-def load_config(path: Path) -> TwinConfig:
-    """Read twin.yaml; a bad field is a TwinError naming the file and the field."""
+# ---------------------------------------------------------------- reading and writing twin.yaml
+#
+# Anything a user can put in twin.yaml or in a --set value must end as one TwinError line naming
+# the file (or the --set item), the field and, where YAML knows it, the line. PyYAML raises more than
+# YAMLError on bad input: building `2024-02-30` raises ValueError, `!!bool maybe` KeyError,
+# `!!timestamp x` AttributeError, `!!int ''` IndexError; deep nesting raises RecursionError.
+
+_KINDS = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "a boolean (true or false)",
+    "timestamp": "a valid date",
+    "binary": "base64 data",
+}
+
+
+class _BadValue(Exception):
+    """A node PyYAML could not build (raised by _Loader.construct_object with the node)."""
+
+    def __init__(self, node, cause: BaseException):
+        super().__init__(str(cause))
+        self.node, self.cause = node, cause
+
+
+class _YAMLProblem(Exception):
+    """What is wrong with a YAML text: a message and, where known, the field, line and column."""
+
+    def __init__(self, message: str, line: int | None = None, column: int | None = None, field: str | None = None):
+        super().__init__(message)
+        self.message, self.line, self.column, self.field = message, line, column, field
+
+    def text(self) -> str:
+        """`field: message (line N)`, or `line N, column C: message` where no field is known."""
+        if self.field:
+            return f"{self.field}: {self.message}" + (f" (line {self.line})" if self.line else "")
+        where = f"line {self.line}" + (f", column {self.column}" if self.column else "") + ": " if self.line else ""
+        return where + self.message
+
+
+def _loader_class():
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        def construct_object(self, node, deep=False):
+            try:
+                return super().construct_object(node, deep=deep)
+            except (yaml.YAMLError, _BadValue, RecursionError, MemoryError):
+                raise
+            except Exception as e:  # noqa: BLE001 — building a value from the user's text failed
+                raise _BadValue(node, e) from e
+
+    return _Loader
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _shown(value: str, limit: int = 40) -> str:
+    return repr(value if len(value) <= limit else value[: limit - 3] + "...")
+
+
+def _bad_value_text(node, cause: BaseException) -> str:
+    kind = str(node.tag).rsplit(":", 1)[-1]
+    text = f"{_shown(str(node.value))} is not {_KINDS.get(kind, 'a valid ' + str(node.tag))}"
+    detail = _one_line(cause)
+    if kind == "timestamp" and isinstance(cause, ValueError):
+        text += f" ({detail})"
+    elif "digits" in detail:  # int(): Exceeds the limit (4300 digits) for integer string conversion
+        text += " (too many digits)"
+    mark = node.start_mark
+    explicit = mark is not None and mark.buffer is not None and mark.buffer[mark.pointer : mark.pointer + 1] == "!"
+    if kind == "timestamp" and node.style is None and not explicit:
+        text += "; quote it if it is meant as text"
+    return text
+
+
+def _field_of(root, found) -> str | None:
+    """The dotted field (as written) of the first node under `root` for which `found(node)`."""
+    import yaml
+
+    seen: set[int] = set()
+
+    def walk(node, path):
+        if found(node):
+            return path
+        if id(node) in seen:
+            return None
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                label = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+                if found(key_node):
+                    return path + [label]
+                hit = walk(value_node, path + [label])
+                if hit is not None:
+                    return hit
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                hit = walk(item, path + [i])
+                if hit is not None:
+                    return hit
+        return None
+
+    if root is None:
+        return None
+    try:
+        path = walk(root, [])
+    except RecursionError:
+        return None
+    return _label(path) if path else None
+
+
+def _label(path: list) -> str:
+    """['retrieval', 'transforms', 0] → 'retrieval.transforms[0]'."""
+    out = ""
+    for part in path:
+        if isinstance(part, int) and not isinstance(part, bool) and out:
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _parse_yaml(text: str):
+    """(data, root node) of a YAML text; anything PyYAML rejects is a _YAMLProblem."""
+    import yaml
+
+    root = loader = None
+    try:
+        loader = _loader_class()(text)  # rejects control characters already
+        root = loader.get_single_node()
+        data = None if root is None else loader.construct_document(root)
+    except _BadValue as e:
+        mark = e.node.start_mark
+        raise _YAMLProblem(
+            _bad_value_text(e.node, e.cause), mark.line + 1 if mark else None, None,
+            _field_of(root, lambda n: n is e.node),
+        ) from e.cause
+    except yaml.reader.ReaderError as e:
+        line = column = None
+        if isinstance(e.position, int):
+            line = text[: e.position].count("\n") + 1
+            column = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+        what = f"character U+{e.character:04X}" if isinstance(e.character, int) else "a character"
+        raise _YAMLProblem(f"{what} is not allowed in YAML ({e.reason})", line, column) from e
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        message = e.problem or e.context or "not valid YAML"
+        if e.context and e.problem:
+            message += f" ({e.context})"
+        field = None
+        if mark is not None and root is not None:  # a construction error: name the node's field
+            field = _field_of(root, lambda n: n.start_mark is not None and n.start_mark.index == mark.index)
+        raise _YAMLProblem(
+            _one_line(message), mark.line + 1 if mark else None, mark.column + 1 if mark else None, field
+        ) from e
+    except yaml.YAMLError as e:
+        raise _YAMLProblem(_one_line(e) or "not valid YAML") from e
+    except RecursionError as e:
+        raise _YAMLProblem("nested too deeply to read") from e
+    finally:
+        if loader is not None:
+            loader.dispose()
+    return data, root
+
+
+def _key_value(node):
+    """What a scalar key node builds to (its text where it does not build)."""
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise TwinError(f"{path}: cannot read config: {e}") from e
+        return yaml.SafeLoader("").construct_object(node)
+    except Exception:  # noqa: BLE001
+        return node.value
+
+
+def _locate(root, loc: tuple) -> tuple[str, int | None]:
+    """A pydantic error location → (the field as written in the file, its 1-based line or None)."""
+    import yaml
+
+    node, names, line = root, [], None
+    for part in loc:
+        nxt = None
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and (key_node.value == part or _key_value(key_node) == part):
+                    names.append(key_node.value)
+                    line = key_node.start_mark.line + 1
+                    nxt = value_node
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            names.append(part)
+            nxt = node.value[part]
+            line = nxt.start_mark.line + 1
+        if nxt is None:
+            names.append(part)  # not in the file (a missing field): the line of its parent
+        elif isinstance(nxt, yaml.ScalarNode):
+            line = nxt.start_mark.line + 1
+        node = nxt
+    return _label(names), line
+
+
+_MESSAGES = {
+    "extra_forbidden": "unknown field",
+    "invalid_key": "keys must be text",
+    "model_type": "expected a section of `field: value` lines",
+    "dict_type": "expected a mapping of `name: value` lines",
+}
+
+
+def _problems(e: ValidationError, root=None) -> list[tuple[str, str, int | None]]:
+    """(field, message, line) per pydantic error, each readable on one line."""
+    out = []
+    for err in e.errors():
+        loc = tuple(err["loc"])
+        field, line = _locate(root, loc) if root is not None else (_label(list(loc)), None)
+        message = _MESSAGES.get(err["type"]) or _one_line(err["msg"])
+        if err["type"] == "string_type" and not isinstance(err.get("input"), (list, dict)):
+            message += "; quote it to keep it as text"  # name: 2024-01-01, model: 1.5
+        out.append((field or "(top level)", message, line))
+    return out
+
+
+_TYPE_NAMES = {"list": "a list", "str": "text", "int": "a number", "float": "a number", "bool": "a boolean",
+               "date": "a date", "datetime": "a date", "bytes": "binary data"}
+
+
+def read_config_text(path: Path) -> str:
+    """twin.yaml's text, UTF-8 (a byte order mark, UTF-8 or UTF-16, is honoured)."""
+    import codecs
+
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise TwinError(f"{path}: cannot read: {e.strerror or e}") from e
+    encoding = "utf-16" if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else "utf-8-sig"
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        start = e.start + (3 if raw.startswith(codecs.BOM_UTF8) else 0)
+        line = raw[:start].count(b"\n") + 1
+        column = start - (raw.rfind(b"\n", 0, start) + 1) + 1
+        name = "UTF-8" if encoding == "utf-8-sig" else "UTF-16"
+        raise TwinError(
+            f"{path}: line {line}, column {column}: not {name} text (byte 0x{raw[start]:02x}); save the file as UTF-8"
+        ) from e
+
+
+def load_config(path: Path) -> TwinConfig:
+    """Read twin.yaml; anything wrong in it is one TwinError line naming the file, the field and the line."""
+    text = read_config_text(path)
+    try:
+        data, root = _parse_yaml(text)
+    except _YAMLProblem as e:
+        raise TwinError(f"{path}: {e.text()}") from e
+    if data is None:  # empty, or only comments: the defaults
+        data = {}
     if not isinstance(data, dict):
-        raise TwinError(f"{path}: expected a mapping at the top level")
+        found = _TYPE_NAMES.get(type(data).__name__, type(data).__name__)
+        raise TwinError(f"{path}: expected settings (`field: value` lines) at the top level, found {found}")
     try:
         return TwinConfig.model_validate(data)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
-        )
+        problems = "; ".join(f"{f}: {m}" + (f" (line {n})" if n else "") for f, m, n in _problems(e, root))
         raise TwinError(f"{path}: {problems}") from e
+    except RecursionError as e:  # a value that contains itself (an anchor used inside itself: &a [*a])
+        raise TwinError(f"{path}: a value contains itself (a YAML alias inside its own anchor)") from e
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a file so that a crash leaves the old or the new content, never a torn one: a temporary
+    file in the same folder, flushed and fsynced, then renamed over `path` (os.replace)."""
+    import os
+    import secrets
+
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode & 0o7777  # keep an existing file's permissions
+    except OSError:
+        mode = None
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            if mode is not None:
+                os.chmod(tmp, mode)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        raise TwinError(f"{path}: cannot write: {e.strerror or e}") from e
+    try:  # the rename itself is durable once the folder is synced (where the OS allows it)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
 
 
 def save_config(config: TwinConfig, path: Path) -> None:
     import yaml
 
     text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
-    path.write_text("# llmtwin project configuration (see README)\n" + text, encoding="utf-8")
+    write_text_atomic(path, "# llmtwin project configuration (see README)\n" + text)
+
+
+def parse_set(item: str) -> tuple[str, object]:
+    """One `--set section.field=value` → (the dotted field, the value read as YAML: 3, off, [a, b])."""
+    key, sep, value = item.partition("=")
+    shown = repr(item if len(item) <= 60 else item[:57] + "...")
+    if not sep or not key.strip():
+        raise TwinError(f"--set {shown}: expected section.field=value")
+    try:
+        data, _ = _parse_yaml(value)
+    except _YAMLProblem as e:
+        if "\n" not in value:  # one line: a position in it says nothing more
+            e.line = e.column = None
+        raise TwinError(f"--set {shown}: {e.text()}") from e
+    return key.strip(), data
 
 
 def set_field(config: TwinConfig, dotted: str, value: object) -> TwinConfig:
@@ -289,7 +601,12 @@ def set_field(config: TwinConfig, dotted: str, value: object) -> TwinConfig:
     if keys[-1] not in node:
         raise TwinError(f"unknown config field: {dotted}")
     node[keys[-1]] = value
+    shown = repr(value)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
     try:
         return TwinConfig.model_validate(data)
     except ValidationError as e:
-        raise TwinError(f"{dotted}={value!r}: {e.errors()[0]['msg']}") from e
+        problems = "; ".join(m if f == dotted else f"{f}: {m}" for f, m, _ in _problems(e))
+        raise TwinError(f"{dotted}={shown}: {problems}") from e
+    except RecursionError as e:
+        raise TwinError(f"{dotted}={shown}: a value contains itself (a YAML alias inside its own anchor)") from e

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmtwin.config import TwinConfig, load_config, save_config
+from llmtwin.config import TwinConfig, load_config, save_config, write_text_atomic
 from llmtwin.errors import ProjectNotFound, TwinError
 
 CONFIG_FILE = "twin.yaml"
@@ -42,8 +42,8 @@ class Project:
 
 def init_project(directory: Path, config: TwinConfig | None = None) -> Project:
     """Create twin.yaml and .twin/ in `directory` (created if missing). Existing config is kept."""
-    root = directory.resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    root = Path(directory).resolve()
+    _make_dir(root)
     config_path = root / CONFIG_FILE
     if config_path.exists():
         project = Project(root, load_config(config_path))
@@ -51,23 +51,45 @@ def init_project(directory: Path, config: TwinConfig | None = None) -> Project:
         project = Project(root, config or TwinConfig(name=root.name or "twin"))
         save_config(project.config, config_path)
     for sub in (project.state_dir, project.traces_dir):
-        sub.mkdir(parents=True, exist_ok=True)
+        _make_dir(sub)
     gitignore = project.state_dir / ".gitignore"
     if not gitignore.exists():
-        gitignore.write_text("*\n", encoding="utf-8")
+        write_text_atomic(gitignore, "*\n")
     return project
+
+
+def _make_dir(path: Path) -> None:
+    """mkdir -p, where a file in the way or a denied folder is a TwinError naming the path."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as e:
+        raise TwinError(f"{path}: exists and is not a directory") from e
+    except NotADirectoryError as e:
+        raise TwinError(f"{path}: cannot create it: a parent is a file, not a directory") from e
+    except OSError as e:
+        raise TwinError(f"{path}: cannot create directory: {e.strerror or e}") from e
+
+
+def _has_config(directory: Path) -> bool:
+    try:
+        return (directory / CONFIG_FILE).is_file()
+    except OSError as e:  # e.g. a folder on the way that may not be read
+        raise TwinError(f"{directory / CONFIG_FILE}: cannot read: {e.strerror or e}") from e
 
 
 def find_project(explicit: Path | None = None, start: Path | None = None) -> Project:
     """`--project DIR` if given, else the nearest directory upwards holding twin.yaml."""
     if explicit is not None:
         root = explicit.resolve()
-        if not (root / CONFIG_FILE).is_file():
+        if not _has_config(root):
             raise ProjectNotFound(f"{root}: no {CONFIG_FILE} here; run `twin init {explicit}` first")
         return Project(root, load_config(root / CONFIG_FILE))
-    here = (start or Path.cwd()).resolve()
+    try:
+        here = (start or Path.cwd()).resolve()
+    except FileNotFoundError as e:
+        raise ProjectNotFound("the current directory no longer exists; cd to the project or pass --project DIR") from e
     for candidate in (here, *here.parents):
-        if (candidate / CONFIG_FILE).is_file():
+        if _has_config(candidate):
             return Project(candidate, load_config(candidate / CONFIG_FILE))
     raise ProjectNotFound(
         f"no {CONFIG_FILE} in {here} or any parent; run `twin init` or pass --project DIR"
