@@ -41,6 +41,7 @@ def failed_map(report) -> dict[tuple[str, int | None], str]:
 def mixed(tmp_path_factory, embedder, make_mixed_corpus):
     root = tmp_path_factory.mktemp("mixed")
     twin = Twin(root)
+    twin.project.config.ingest.near_duplicates = "drop"  # these tests hold the dropping mode
     make_mixed_corpus(root / "corpus")
     report = ingest_in(twin, "corpus")
     return twin, report
@@ -131,6 +132,7 @@ def test_jsonl_ids_and_metadata_searchable(mixed):
 
 def test_incremental_reingest(tmp_path, embedder, make_mixed_corpus):
     twin = Twin(tmp_path / "proj")
+    twin.project.config.ingest.near_duplicates = "drop"
     corpus = make_mixed_corpus(tmp_path / "proj" / "corpus")
     store = twin.store
     first = ingest_in(twin, "corpus")

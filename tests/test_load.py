@@ -377,7 +377,8 @@ def test_discover_honours_excludes_and_skips_unknown(tmp_path):
     for name in files:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"\x00\x01binary" if name == "blob" else b"text\n")
-    candidates, skipped = discover([tmp_path], EXCLUDE)
+    found = discover([tmp_path], EXCLUDE)
+    candidates, skipped = found.files, found.skipped
     rel = lambda ps: [p.relative_to(tmp_path).as_posix() for p in ps]  # noqa: E731
     assert rel(candidates) == [
         "README", "a.md", "b.TXT", "docs/data.jsonl", "docs/page.html", "src/deep/y.rs", "src/x.py",
@@ -385,10 +386,11 @@ def test_discover_honours_excludes_and_skips_unknown(tmp_path):
     assert rel(skipped) == ["blob", "logo.png"]
     # an explicit file is always a candidate; duplicates collapse
     explicit = tmp_path / "logo.png"
-    candidates, skipped = discover([explicit, tmp_path / "a.md", tmp_path / "a.md"], EXCLUDE)
+    found = discover([explicit, tmp_path / "a.md", tmp_path / "a.md"], EXCLUDE)
+    candidates, skipped = found.files, found.skipped
     assert candidates == [tmp_path / "a.md", explicit] and skipped == []
     # no excludes: hidden files are found
-    assert tmp_path / ".git/config.md" in discover([tmp_path], [])[0]
+    assert tmp_path / ".git/config.md" in discover([tmp_path], []).files
 
 
 def test_discover_missing_path_is_an_error(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -73,22 +74,51 @@ class Twin:
         *,
         rebuild: bool = False,
         progress: Callable[[int, int], None] | None = None,
+        wait: float | None = 0.0,
+        waiting: Callable[[str], None] | None = None,
     ) -> IngestReport:
+        """Ingest files and folders. One writer at a time per store: another ingest running (in
+        any process) raises StoreBusy at once, or is waited for `wait` seconds (None: as long as
+        it takes), `waiting(holder)` being called when the wait starts."""
         from llmtwin.feature.ingest import ingest
+        from llmtwin.store.lock import WriterLock
 
         if isinstance(paths, (str, Path)):
             paths = [paths]
         resolved = [Path(p) if Path(p).is_absolute() else Path.cwd() / p for p in paths]
         for path in resolved:  # before --rebuild drops the store, and before any model loads
-            if not path.exists():
+            if not os.path.lexists(path):
                 raise TwinError(f"{path}: no such file or directory")
-        if rebuild:
-            self._store = None
-            if self.project.store_dir.exists():
-                shutil.rmtree(self.project.store_dir)
-        store = self.store(create=True)
-        self._checked_store()
-        return ingest(self.project, resolved, store, self.embedder, progress=progress)
+        with WriterLock(self.project.store_dir, wait=wait, waiting=waiting):
+            if rebuild:
+                self._store = None
+                if self.project.store_dir.exists():
+                    shutil.rmtree(self.project.store_dir)
+            store = self.store(create=True)
+            store.refresh()  # another process may have written since this handle last read
+            self._checked_store()
+            return ingest(self.project, resolved, store, self.embedder, progress=progress)
+
+    def doctor(self, *, repair: bool = True, wait: float | None = 0.0) -> dict[str, Any]:
+        """Check the store (duplicated rows, wrong chunk counts, orphan rows, the version log);
+        with `repair`, fix what it found under the writer lock. Returns the check as a dict."""
+        from llmtwin.store.doctor import check_store
+        from llmtwin.store.lock import WriterLock
+
+        if not self.project.store_dir.exists():
+            raise TwinError(f"{self.project.store_dir}: nothing ingested yet; run `twin ingest PATH...` first")
+        with WriterLock(self.project.store_dir, wait=wait):
+            store = self.store()
+            store.refresh()
+            result = check_store(store, repair=repair, orphans=repair)
+            out = result.to_dict()
+            out["versions"] = len(store.versions())
+            if repair and (result.repaired or result.orphans_deleted):
+                out["store_version"] = store.commit_version(
+                    {"doctor": {"repaired": len(result.repaired), "orphans_deleted": result.orphans_deleted},
+                     "chunks_total": store.count_chunks()}
+                ).version
+        return out
 
     # -- inference pipeline -----------------------------------------------------
     def search_explain(

@@ -77,6 +77,10 @@ def ingest(
     sentence_vectors: Optional[bool] = typer.Option(
         None, "--sentence-vectors/--no-sentence-vectors",
         help="ingest.sentence_vectors (default on): embed each chunk's sentences too (better dense search, ~1/3 more ingest time)."),
+    follow_symlinks: Optional[bool] = typer.Option(
+        None, "--follow-symlinks/--no-follow-symlinks",
+        help="ingest.follow_symlinks (default off): read symbolic links that lead out of the folders given."),
+    wait: bool = typer.Option(False, "--wait", help="If another ingest is running on this project, wait for it instead of exiting."),
 ) -> None:
     """Load, clean, dedup, chunk and embed files into the store (incremental, resumable)."""
     twin = _twin(
@@ -85,10 +89,15 @@ def ingest(
             "ingest.chunk_overlap": chunk_overlap,
             "ingest.minhash_threshold": minhash_threshold,
             "ingest.sentence_vectors": sentence_vectors,
+            "ingest.follow_symlinks": follow_symlinks,
         }
     )
+
+    def waiting(holder: str) -> None:
+        print(f"waiting for another ingest on this project ({holder})", file=sys.stderr)
+
     with _progress("Embedding") as progress:
-        report = twin.ingest(paths, rebuild=rebuild, progress=progress)
+        report = twin.ingest(paths, rebuild=rebuild, progress=progress, wait=None if wait else 0.0, waiting=waiting)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -113,6 +122,42 @@ def _print_ingest(report) -> None:
         print(f"  failed: {where}: {fail.error}")
     if report.skipped:
         print(f"  skipped {len(report.skipped)} file(s) of unsupported types, e.g. {report.skipped[0]}")
+    for item in report.ignored:
+        print(f"  ignored: {item.path}: {item.error}")
+    if report.repaired:
+        print(f"  repaired {len(report.repaired)} document(s) with damaged rows (re-chunked from their files)")
+
+
+@app.command()
+def doctor(
+    check_only: bool = typer.Option(False, "--check", help="Only report; repair nothing."),
+    as_json: bool = typer.Option(False, "--json", help="Print the check as JSON."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for a running ingest instead of exiting."),
+) -> None:
+    """Check the store for duplicated rows, wrong chunk counts and orphan rows, and repair them.
+
+    Exits 1 when --check finds damage."""
+    result = _twin().doctor(repair=not check_only, wait=None if wait else 0.0)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        ok = result["ok"]
+        print(
+            f"{'ok' if ok else 'damaged'}: {result['documents']} documents, {result['chunks']} chunks, "
+            f"{result['versions']} store versions"
+        )
+        for key in ("duplicate_records", "count_mismatch"):
+            if result[key]:
+                print(f"  {key.replace('_', ' ')}: {len(result[key])} ({', '.join(result[key][:5])}{' …' if len(result[key]) > 5 else ''})")
+        for key in ("duplicate_chunks", "duplicate_sections", "duplicate_sentences", "orphan_chunks", "orphan_sections", "orphan_sentences"):
+            if result[key]:
+                print(f"  {key.replace('_', ' ')}: {result[key]} row(s)")
+        if result["repaired"]:
+            print(f"  repaired {len(result['repaired'])} document(s): duplicates removed; the next ingest re-chunks them")
+        if result["orphans_deleted"]:
+            print(f"  deleted {result['orphans_deleted']} orphan row(s)")
+    if check_only and not result["ok"]:
+        raise typer.Exit(1)
 
 
 class _progress:

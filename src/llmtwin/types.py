@@ -149,6 +149,8 @@ class IngestReport:
     duplicates: list[Duplicate] = field(default_factory=list)
     failed: list[LoadFailure] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # files of a type llmtwin does not read
+    ignored: list[LoadFailure] = field(default_factory=list)  # links out of the folders, special files
+    repaired: list[str] = field(default_factory=list)  # doc ids whose damaged rows this run repaired
     chunks: int = 0  # chunks written by this run
     sentences: int = 0  # sentence vectors embedded by this run (ingest.sentence_vectors)
     store_version: int = 0
@@ -163,6 +165,8 @@ class IngestReport:
             "duplicates": [d.to_dict() for d in self.duplicates],
             "failed": [f.to_dict() for f in self.failed],
             "skipped": self.skipped,
+            "ignored": [f.to_dict() for f in self.ignored],
+            "repaired": self.repaired,
             "chunks": self.chunks,
             "sentences": self.sentences,
             "store_version": self.store_version,

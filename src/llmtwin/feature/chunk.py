@@ -556,33 +556,56 @@ def _prefixes(
     return result
 
 
-def chunk_document(
-    doc: Document, count_tokens: TokenCounter, chunk_tokens: int, overlap: int
-) -> tuple[list[Section], list[Chunk]]:
-    """Sections of `doc` and its chunks of at most `chunk_tokens` tokens (by `count_tokens`).
+# A long document is chunked a segment at a time: sections (or pieces of one long section, cut at
+# the coarsest boundary near each segment's end) grouped up to this many characters. Token counts,
+# spans and pieces then live for one segment only, so memory stays bounded whatever the file's
+# shape (a 50 MB single line took 8 GB and minutes at once). Chunks never cross a cut inside a
+# section, and take no overlap across it: the only difference from one pass, for sections longer
+# than a segment.
+SEGMENT_CHARS = 1 << 19
 
-    Each chunk after the first of a section starts up to `overlap` tokens earlier (overlap is
-    clamped to chunk_tokens // 2). Chunks never cross sections; ids are deterministic.
-    """
-    if chunk_tokens < 1:
-        raise ValueError("chunk_tokens must be >= 1")
-    limit = chunk_tokens
-    overlap = max(0, min(overlap, limit // 2))
-    max_chars = MAX_CHARS_PER_TOKEN * limit
-    text = doc.text
-    sections = split_sections(doc)
+_CUTS = ("\n\n", "\n", ". ", " ")
+
+
+def _segments(text: str, sections: list[Section], size: int):
+    """Batches of (section index, start, end) ranges, each batch at most `size` characters."""
+    batch: list[tuple[int, int, int]] = []
+    total = 0
+    for si, sec in enumerate(sections):
+        a = sec.start
+        while a < sec.end:
+            b = sec.end
+            if b - a > size:
+                lo, hi = a + size // 2, a + size
+                b = next((c + len(sep) for sep in _CUTS if (c := text.rfind(sep, lo, hi)) >= 0), hi)
+            if batch and total + (b - a) > size:
+                yield batch
+                batch, total = [], 0
+            batch.append((si, a, b))
+            total += b - a
+            a = b
+    if batch:
+        yield batch
+
+
+def _chunk_spans(
+    text: str,
+    ranges: list[tuple[int, int, int]],
+    count_tokens: TokenCounter,
+    limit: int,
+    overlap: int,
+    max_chars: int,
+    fences: bool,
+) -> list[tuple[int, int, int]]:
+    """(start, end, section index) of the chunks of these ranges of `text`."""
     counts = _Counts(text, count_tokens)
-    fences = (doc.file_type or "").lower() not in ("code", "rst")
-
-    units = [
-        [(a, b, BLOCK) for a, b in _blocks(text, sec.start, sec.end, fences)] for sec in sections
-    ]
+    units = [[(a, b, BLOCK) for a, b in _blocks(text, s, e, fences)] for _, s, e in ranges]
     units = _fit_units(text, units, counts, limit, max_chars)
 
     cores: list[list[Unit]] = []
     core_section: list[int] = []
     first: list[bool] = []
-    for si, sec_units in enumerate(units):
+    for (si, _, _), sec_units in zip(ranges, units, strict=True):
         packed = _pack(sec_units, counts, limit, overlap, max_chars)
         cores.extend(packed)
         core_section.extend([si] * len(packed))
@@ -592,7 +615,7 @@ def chunk_document(
     # Check chunks with the real counter and fix the few found over the limit: all of them for
     # a counter not known to be additive, else only those holding a piece cut inside a word.
     additive = bool(getattr(count_tokens, "additive", False))
-    done: list[tuple[int, int, int]] = []  # start, end, section index
+    done: list[tuple[int, int, int]] = []
     work = []
     for core, p, si in zip(cores, prefix, core_section, strict=True):
         if additive and all(lv != CHAR for _, _, lv in core):
@@ -619,6 +642,28 @@ def chunk_document(
                     cut += 1
                 again.extend([(core[:cut], None, si), (core[cut:], None, si)])
         work = again
+    return done
+
+
+def chunk_document(
+    doc: Document, count_tokens: TokenCounter, chunk_tokens: int, overlap: int
+) -> tuple[list[Section], list[Chunk]]:
+    """Sections of `doc` and its chunks of at most `chunk_tokens` tokens (by `count_tokens`).
+
+    Each chunk after the first of a section starts up to `overlap` tokens earlier (overlap is
+    clamped to chunk_tokens // 2). Chunks never cross sections; ids are deterministic.
+    """
+    if chunk_tokens < 1:
+        raise ValueError("chunk_tokens must be >= 1")
+    limit = chunk_tokens
+    overlap = max(0, min(overlap, limit // 2))
+    max_chars = MAX_CHARS_PER_TOKEN * limit
+    text = doc.text
+    sections = split_sections(doc)
+    fences = (doc.file_type or "").lower() not in ("code", "rst")
+    done: list[tuple[int, int, int]] = []  # start, end, section index
+    for batch in _segments(text, sections, max(SEGMENT_CHARS, 8 * max_chars)):
+        done.extend(_chunk_spans(text, batch, count_tokens, limit, overlap, max_chars, fences))
     done.sort()
 
     chunks = []

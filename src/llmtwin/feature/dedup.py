@@ -9,6 +9,7 @@ confirmed by the estimated Jaccard >= threshold. The first document seen is the 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,7 @@ from llmtwin.feature.hashing import dedup_hash, normalise_for_dedup
 from llmtwin.types import Document, Duplicate
 
 _WORDS = re.compile(r"\w+")
+SHINGLE_BATCH = 20_000  # shingles hashed together (num_perm × this uint64s at a time: 20 MB at 128)
 _SCHEME = "affine64"
 _DTYPE = np.dtype("<u8")  # signature bytes: num_perm little-endian uint64
 
@@ -56,14 +58,26 @@ class Deduplicator:
 
     # -- signatures ------------------------------------------------------------------------
 
-    def _shingles(self, text: str) -> set[bytes]:
-        words = _WORDS.findall(normalise_for_dedup(text))
+    def _shingles(self, text: str) -> Iterator[list[bytes]]:
+        """The text's word shingles in batches of at most SHINGLE_BATCH (repeats are harmless to a
+        MinHash): a long text is never held as one set of shingles or one hash matrix (datasketch
+        builds num_perm × batch uint64s: 8 GB for a 50 MB one-line file in one batch)."""
+        words: list[str] = []
         k = self.shingle_words
-        if not words:
-            return set()
-        if len(words) <= k:
-            return {" ".join(words).encode("utf-8")}
-        return {" ".join(words[i : i + k]).encode("utf-8") for i in range(len(words) - k + 1)}
+        batch: list[bytes] = []
+        for m in _WORDS.finditer(normalise_for_dedup(text)):
+            words.append(m.group())
+            if len(words) > k:
+                del words[0]
+            if len(words) == k:
+                batch.append(" ".join(words).encode("utf-8"))
+                if len(batch) >= SHINGLE_BATCH:
+                    yield batch
+                    batch = []
+        if 0 < len(words) < k:  # shorter than one shingle: the whole text is the shingle
+            batch.append(" ".join(words).encode("utf-8"))
+        if batch:
+            yield batch
 
     def _minhash(self, hashvalues: np.ndarray | None = None):
         return self._MinHash(
@@ -75,12 +89,12 @@ class Deduplicator:
         )
 
     def _hashvalues(self, text: str) -> np.ndarray | None:
-        shingles = self._shingles(text)
-        if not shingles:
-            return None
-        m = self._minhash()
-        m.update_batch(shingles)
-        return np.asarray(m.hashvalues, dtype=_DTYPE)
+        m = None
+        for batch in self._shingles(text):
+            if m is None:
+                m = self._minhash()
+            m.update_batch(batch)
+        return None if m is None else np.asarray(m.hashvalues, dtype=_DTYPE)
 
     def signature(self, text: str) -> bytes:
         """MinHash of the text's shingles as `num_perm` little-endian uint64 (b"" for no words)."""
@@ -136,10 +150,12 @@ class Deduplicator:
         if kept.hashvalues is not None and doc_id in self._lsh:
             self._lsh.remove(doc_id)
 
-    def check(self, doc: Document) -> Duplicate | None:
+    def check(self, doc: Document, keep_near: bool = False) -> Duplicate | None:
         """The duplicate record if `doc` repeats a kept document; else keep `doc` and return None.
 
-        A document checked again under its own id (an updated file) first forgets its old version.
+        `keep_near`: a near duplicate is kept too (registered, so later copies of it are found)
+        and still returned, for the caller to mark. A document checked again under its own id
+        (an updated file) first forgets its old version.
         """
         if doc.doc_id in self._docs:
             self.remove(doc.doc_id)
@@ -156,6 +172,9 @@ class Deduplicator:
                 if j >= self.threshold and (best is None or (-j, kept.order) < (-best[0], best[1])):
                     best = (j, kept.order, key)
             if best is not None:
-                return Duplicate(doc.doc_id, doc.source, best[2], "near", round(best[0], 4))
+                near = Duplicate(doc.doc_id, doc.source, best[2], "near", round(best[0], 4))
+                if keep_near:
+                    self._register(doc.doc_id, h, hv)
+                return near
         self._register(doc.doc_id, h, hv)
         return None

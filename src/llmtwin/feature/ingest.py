@@ -10,6 +10,7 @@ up the rest (see store/lancedb_store.py for why that holds).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -23,10 +24,11 @@ from llmtwin.feature.chunk import chunk_document
 from llmtwin.feature.clean import clean_text
 from llmtwin.feature.dedup import Deduplicator
 from llmtwin.feature.hashing import bytes_hash, dedup_hash
-from llmtwin.feature.load import discover, load_bytes
+from llmtwin.feature.load import discover, load_bytes, read_file
 from llmtwin.models.embedder import Embedder
 from llmtwin.project import Project
 from llmtwin.store.base import DocRecord
+from llmtwin.store.doctor import check_store
 from llmtwin.store.lancedb_store import LanceStore
 from llmtwin.types import Chunk, Document, IngestReport, LoadFailure, Section
 
@@ -60,9 +62,13 @@ def ingest(
     embedder: Embedder,
     progress: Progress | None = None,
 ) -> IngestReport:
+    """Run the pipeline. The caller holds the store's writer lock (`Twin.ingest` takes it)."""
     started = time.perf_counter()
     cfg = project.config.ingest
     report = IngestReport()
+    # Rows a fault left duplicated (or records whose chunk count is wrong) are repaired first:
+    # their records go stale and this run re-chunks those documents, reusing their vectors.
+    report.repaired = check_store(store, repair=True).repaired
     plan = _plan(project, paths, store, embedder, cfg, report)
     if plan.deletes:
         store.delete_documents(plan.deletes)
@@ -81,6 +87,7 @@ def ingest(
         "unchanged": len(report.unchanged),
         "duplicates": len(report.duplicates),
         "failed": len(report.failed),
+        "repaired": len(report.repaired),
         "chunks_written": report.chunks,
         "sentences_written": report.sentences,
         "chunks_total": store.count_chunks(),
@@ -100,18 +107,36 @@ def _plan(
     report: IngestReport,
 ) -> _Plan:
     plan = _Plan()
-    files, skipped = discover(paths, cfg.exclude)
-    report.skipped = [project.source_name(p) for p in skipped]
+    found = discover(paths, cfg.exclude, cfg.follow_symlinks)
+    report.skipped = [project.source_name(p) for p in found.skipped]
+    report.ignored = [LoadFailure(_printable(project, p), reason) for p, reason in found.ignored]
+    # A folder that cannot be listed is a failure, and what was stored from it stays.
+    kept_roots = []
+    for folder, reason in found.unreadable:
+        report.failed.append(LoadFailure(_printable(project, folder), reason))
+        kept_roots.append(project.source_name(folder))
     records = {r.doc_id: r for r in store.documents()}
     by_source: dict[str, list[DocRecord]] = defaultdict(list)
     for record in records.values():
         by_source[record.source].append(record)
 
     # Files gone from an ingested folder (or no longer ingestible there) are removed.
-    seen_sources = {project.source_name(f) for f in files} | set(report.skipped)
+    files = []
+    for path in found.files:
+        source = project.source_name(path)
+        if not _utf8(source):
+            report.failed.append(LoadFailure(_printable(project, path), "file name is not valid UTF-8 (rename the file)"))
+            kept_roots.append(source)  # what an earlier run stored under that name is left alone
+            continue
+        files.append((path, source))
+    seen_sources = {source for _, source in files} | set(report.skipped)
     roots = [project.source_name(p) for p in paths]
     for source, recs in by_source.items():
-        if source not in seen_sources and any(_under(source, root) for root in roots):
+        if (
+            source not in seen_sources
+            and any(_under(source, root) for root in roots)
+            and not any(_under(source, kept) for kept in kept_roots)
+        ):
             plan.deletes.extend(r.doc_id for r in recs)
     deleted = set(plan.deletes)
     report.deleted = sorted(deleted)
@@ -125,12 +150,18 @@ def _plan(
         if record.status == "stored" and record.doc_id not in deleted:
             dedup.add(record.doc_id, record.dedup_hash, record.minhash)
 
-    claimed: dict[str, str] = {}  # doc_id → source, for ids used twice across files
+    # Which source owns each document id: a file's own path, or a record's `id`. An id stored from
+    # one source is never taken over by another (a JSONL `id` naming another file's path is
+    # refused, not written over it); within a run files are read before record files, so a
+    # record can never claim a file's path first.
+    owner: dict[str, str] = {doc_id: r.source for doc_id, r in records.items() if doc_id not in deleted}
+    claimed: dict[str, str] = {}  # doc_id → source, this run
     max_bytes = int(cfg.max_file_mb * 1024 * 1024)
-    for path in files:
-        source = project.source_name(path)
-        data = _read(path, source, max_bytes, report)
+    files.sort(key=lambda item: (item[0].suffix.lower() in (".jsonl", ".json"), item[1]))
+    for path, source in files:
+        data, error = read_file(path, max_bytes)
         if data is None:
+            report.failed.append(LoadFailure(source, error or "unreadable"))
             continue
         file_hash = bytes_hash(data)
         old = by_source.get(source, [])
@@ -150,10 +181,12 @@ def _plan(
             if r.doc_id not in current_ids and not _may_be_failed(r.doc_id, data, failures):
                 plan.deletes.append(r.doc_id)  # a record removed from a JSONL file
                 report.deleted.append(r.doc_id)
+                owner.pop(r.doc_id, None)
         for doc in docs:
-            if doc.doc_id in claimed and claimed[doc.doc_id] != source:
+            holder = claimed.get(doc.doc_id) or owner.get(doc.doc_id)
+            if holder is not None and holder != source:
                 report.failed.append(
-                    LoadFailure(source, f"duplicate id {doc.doc_id!r} (also in {claimed[doc.doc_id]})", doc.line)
+                    LoadFailure(source, f"duplicate id {doc.doc_id!r} (already the id of a document from {holder})", doc.line)
                 )
                 continue
             claimed[doc.doc_id] = source
@@ -161,6 +194,21 @@ def _plan(
             if planned is not None:
                 plan.writes.append(planned)
     return plan
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _printable(project: Project, path: Path) -> str:
+    """A path for a report, as found (a link by its own name, not its target's), even where its
+    name is not valid UTF-8 (bad bytes as \\xNN)."""
+    name = Path(os.path.relpath(os.path.abspath(path), project.root)).as_posix()
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def _plan_document(
@@ -198,13 +246,17 @@ def _plan_document(
         line=doc.line,
         metadata=doc.metadata,
     )
-    duplicate = dedup.check(doc)
+    keep_near = cfg.near_duplicates == "keep"
+    duplicate = dedup.check(doc, keep_near=keep_near)
     if duplicate is not None:
         report.duplicates.append(duplicate)
-        record.status = "duplicate"
         record.duplicate_of = duplicate.duplicate_of
-        return _Planned(record)
-    record.minhash = dedup.signature(doc.text)
+        if not (keep_near and duplicate.kind == "near"):
+            record.status = "duplicate"
+            return _Planned(record)
+    # A near duplicate kept (ingest.near_duplicates: keep) is stored like any document; its record
+    # names the document it resembles (training datasets leave such documents out).
+    record.minhash = dedup.signature_of(doc.doc_id) or b""
     sections, chunks = chunk_document(doc, embedder.count_tokens, cfg.chunk_tokens, cfg.chunk_overlap)
     record.n_chunks = len(chunks)
     (report.updated if old is not None else report.added).append(doc.doc_id)
@@ -247,20 +299,6 @@ def _write_batch(batch: list[_Planned], store: LanceStore, embedder: Embedder, r
         vectors[todo] = embedder.embed_passages([chunks[i].text for i in todo])
     store.write_batch([w.record for w in batch], sections, chunks, vectors)
     return len(chunks)
-
-
-def _read(path: Path, source: str, max_bytes: int, report: IngestReport) -> bytes | None:
-    try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            report.failed.append(
-                LoadFailure(source, f"file too large: {size / 1e6:.1f} MB > limit {max_bytes / 1e6:.1f} MB (ingest.max_file_mb)")
-            )
-            return None
-        return path.read_bytes()
-    except OSError as e:
-        report.failed.append(LoadFailure(source, f"unreadable: {e.strerror or e}"))
-        return None
 
 
 def _may_be_failed(doc_id: str, data: bytes, failures: list[LoadFailure]) -> bool:

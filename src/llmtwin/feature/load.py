@@ -14,6 +14,8 @@ import io
 import json
 import os
 import re
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,46 +65,159 @@ def file_type(path: Path) -> str | None:
     return FILE_TYPES.get(path.suffix.lower())
 
 
-def discover(paths: list[Path], exclude: list[str]) -> tuple[list[Path], list[Path]]:
-    """Expand files and directories into (candidate files, skipped files of an unsupported type).
+@dataclass
+class Found:
+    """What `discover` found: files to load, files of a type llmtwin does not read, entries it
+    would not read (links out of the folders, special files) with the reason, and folders it
+    could not list (their files are not gone: ingest keeps what it stored from them)."""
+
+    files: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    ignored: list[tuple[Path, str]] = field(default_factory=list)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def discover(paths: list[Path], exclude: list[str], follow_symlinks: bool = False) -> Found:
+    """Expand files and directories into the regular files to read.
 
     Directories are walked recursively; a file or directory whose name matches one of the
     `exclude` globs is left out (an excluded directory is not descended). A path given
-    explicitly as a file is always a candidate. Files without an extension are candidates when
-    their first bytes are UTF-8 text. Both lists are sorted.
+    explicitly is always a candidate if it is a regular file (a link given explicitly is
+    followed). Files without an extension are candidates when their first bytes are UTF-8 text.
+
+    Inside the walk, a symbolic link is read only where it resolves inside the folders given
+    (then its target is read once, under the target's own name); a link out of them, a broken
+    link, a link loop and anything that is not a regular file or folder (FIFO, socket, device)
+    is ignored with its reason. `follow_symlinks` follows links out of the folders too (loops
+    are still detected). Files are returned resolved, sorted, each once.
     """
+    found = Found()
+    roots: list[Path] = []
+    for path in paths:
+        if not os.path.lexists(path):
+            raise TwinError(f"{path}: no such file or directory")
+        roots.append(Path(os.path.realpath(path)))
     candidates: set[Path] = set()
     skipped: set[Path] = set()
-    for path in paths:
-        if not path.exists():
-            raise TwinError(f"{path}: no such file or directory")
-        if not path.is_dir():
-            candidates.add(path)
-            continue
-        for file in _walk(path, exclude):
-            (candidates if _is_candidate(file) else skipped).add(file)
-    return sorted(candidates), sorted(skipped - candidates)
+
+    def inside(real: Path) -> bool:
+        return any(real == r or real.is_relative_to(r) for r in roots if r.is_dir())
+
+    def consider(path: Path, real: Path, explicit: bool) -> None:
+        try:
+            mode = os.stat(real).st_mode
+        except OSError as e:
+            found.ignored.append((path, f"cannot stat: {e.strerror or e}"))
+            return
+        if not stat.S_ISREG(mode):
+            found.ignored.append((path, f"not a regular file ({_kind(mode)})"))
+        elif explicit or _is_candidate(real):
+            candidates.add(real)
+        else:
+            skipped.add(real)
+
+    visited: set[Path] = set()
+
+    def walk(folder: Path, real_folder: Path) -> None:
+        if real_folder in visited:
+            found.ignored.append((folder, "symlink loop (folder already walked)"))
+            return
+        visited.add(real_folder)
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            found.unreadable.append((folder, f"cannot read folder: {e.strerror or e}"))
+            return
+        for entry in entries:
+            if any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in exclude):
+                continue
+            path = Path(entry.path)
+            try:
+                link = entry.is_symlink()
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError as e:
+                found.ignored.append((path, f"cannot stat: {e.strerror or e}"))
+                continue
+            if link:
+                real = Path(os.path.realpath(path))
+                if not os.path.exists(real):
+                    found.ignored.append((path, "broken symlink"))
+                    continue
+                if not (follow_symlinks or inside(real)):
+                    found.ignored.append(
+                        (path, "symlink to outside the ingested folders (not followed; --follow-symlinks reads it)")
+                    )
+                    continue
+                if os.path.isdir(real):
+                    if inside(real) and not follow_symlinks:
+                        continue  # a folder already walked under its own name
+                    walk(path, real)
+                else:
+                    consider(path, real, explicit=False)
+            elif is_dir:
+                walk(path, Path(os.path.realpath(path)))
+            else:
+                consider(path, Path(os.path.realpath(path)), explicit=False)
+
+    for path, real in zip(paths, roots):
+        if os.path.isdir(real):
+            walk(Path(path), real)
+        else:
+            consider(Path(path), real, explicit=True)
+    found.files = sorted(candidates)
+    found.skipped = sorted(skipped - candidates)
+    return found
 
 
-def _walk(root: Path, exclude: list[str]):
-    def excluded(name: str) -> bool:
-        return any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude)
-
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not excluded(d))
-        for name in sorted(filenames):
-            if not excluded(name):
-                yield Path(dirpath) / name
+def _kind(mode: int) -> str:
+    kinds = [(stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+             (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "folder")]  # fmt: skip
+    return next((name for test, name in kinds if test(mode)), "special file")
 
 
 def _is_candidate(path: Path) -> bool:
     if path.suffix:
         return path.suffix.lower() in FILE_TYPES
     try:
-        with path.open("rb") as f:
-            return sniff_text(f.read(SNIFF_BYTES))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            return sniff_text(os.read(fd, SNIFF_BYTES))
+        finally:
+            os.close(fd)
     except OSError:
         return True  # unreadable: let the loader report why
+
+
+def read_file(path: Path, max_bytes: int) -> tuple[bytes | None, str | None]:
+    """The bytes of a regular file, or why not: never more than `max_bytes` read (a size is
+    checked on what is read, not on what `stat` says: /proc files say 0), never blocking on a
+    FIFO swapped in after `discover`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        return None, f"unreadable: {e.strerror or e}"
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            return None, f"not a regular file ({_kind(mode)})"
+        parts: list[bytes] = []
+        size = 0
+        while size <= max_bytes:
+            part = os.read(fd, min(1 << 20, max_bytes + 1 - size))
+            if not part:
+                break
+            parts.append(part)
+            size += len(part)
+        if size > max_bytes:
+            return None, (
+                f"file too large: over the limit of {max_bytes / 1e6:.1f} MB (ingest.max_file_mb)"
+            )
+        return b"".join(parts), None
+    except OSError as e:
+        return None, f"unreadable: {e.strerror or e}"
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------- loading
@@ -112,8 +227,36 @@ def load_bytes(data: bytes, path: Path, source: str) -> tuple[list[Document], li
     """Parse the raw bytes of one file into Documents (raw text) and LoadFailures.
 
     `path` gives the type (by extension); `source` is stored as Document.source and is the
-    doc_id of every non-JSONL/JSON-record document.
+    doc_id of every non-JSONL/JSON-record document. A document whose text, id or metadata
+    cannot be stored as UTF-8 (a lone surrogate from a JSON or YAML escape) is a failure.
     """
+    docs, failures = _load_bytes(data, path, source)
+    good = []
+    for doc in docs:
+        problem = _unstorable(doc)
+        if problem:
+            failures.append(LoadFailure(source, problem, doc.line))
+        else:
+            good.append(doc)
+    return good, failures
+
+
+def _unstorable(doc: Document) -> str | None:
+    for name, value in (("text", doc.text), ("id", doc.doc_id)):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return f"field {name!r} holds a lone surrogate ({value[e.start]!r}) at character {e.start}"
+    try:
+        json.dumps(doc.metadata, ensure_ascii=False, default=str).encode("utf-8")
+    except UnicodeEncodeError:
+        return "field 'metadata' holds a lone surrogate"
+    except (ValueError, TypeError, RecursionError) as e:
+        return f"field 'metadata' cannot be stored: {type(e).__name__}"
+    return None
+
+
+def _load_bytes(data: bytes, path: Path, source: str) -> tuple[list[Document], list[LoadFailure]]:
     ftype = file_type(path) or "txt"
     file_hash = bytes_hash(data)
 
@@ -187,8 +330,8 @@ def _split_front_matter(text: str) -> tuple[str, dict[str, Any]]:
 
     try:
         data = yaml.safe_load(m.group(1))
-    except yaml.YAMLError:
-        return text, {}
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError):
+        return text, {}  # e.g. `date: 2024-02-30`, `n: !!int abc`: kept as text, not metadata
     if not isinstance(data, dict):
         return text, {}
     metadata: dict[str, Any] = {}
@@ -378,7 +521,22 @@ def _record(obj: Any, source: str, default_id: str) -> Document | str:
     metadata = obj.get("metadata", {})
     if not isinstance(metadata, dict):
         return f"field 'metadata' must be an object, got {_json_kind(metadata)}"
+    if _depth(metadata) > MAX_METADATA_DEPTH:
+        return f"field 'metadata' is nested deeper than {MAX_METADATA_DEPTH} levels"
     return Document(doc_id=doc_id, source=source, text=text, file_type="", metadata=metadata)
+
+
+MAX_METADATA_DEPTH = 32
+
+
+def _depth(value: Any, limit: int = MAX_METADATA_DEPTH + 1) -> int:
+    """How deeply `value` nests (objects and lists), counted up to `limit`, without recursion."""
+    depth, level = 0, [value]
+    while level and depth < limit:
+        level = [v for x in level for v in (x.values() if isinstance(x, dict) else x if isinstance(x, list) else ())]
+        level = [v for v in level if isinstance(v, (dict, list))]
+        depth += 1
+    return depth
 
 
 def _json_kind(value: Any) -> str:
@@ -402,6 +560,8 @@ def _read_jsonl(data: bytes, source: str) -> tuple[list[Document], list[LoadFail
                 result = _record(json.loads(line), source, f"{source}:{n}")
             except json.JSONDecodeError as e:
                 result = f"invalid JSON: {e.msg} at column {e.colno}"
+            except RecursionError:
+                result = "invalid JSON: nested too deeply"
             if isinstance(result, Document) and result.doc_id in first_line:
                 result = f"duplicate id {result.doc_id!r} (first on line {first_line[result.doc_id]})"
             if isinstance(result, Document):
@@ -420,6 +580,8 @@ def _read_json(text: str, source: str) -> tuple[list[Document], list[LoadFailure
         data = json.loads(text)
     except json.JSONDecodeError as e:
         return [], [LoadFailure(source, f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}")]
+    except RecursionError:
+        return [], [LoadFailure(source, "invalid JSON: nested too deeply")]
     if isinstance(data, dict):
         result = _record(data, source, source)
         if isinstance(result, str):

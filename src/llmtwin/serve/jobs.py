@@ -1,6 +1,6 @@
 """Background ingest jobs for `POST /v1/ingest`: one worker thread runs them in order.
 
-A job goes queued → running (with progress: chunks embedded / total) → done (the ingest report)
+A job goes queued → (waiting, while another process's ingest holds the store) → running (with progress: chunks embedded / total) → done (the ingest report)
 or failed (the error). Ingests never run two at a time (they write the same store); searches
 and chats go on beside them. The last `keep` jobs are remembered.
 """
@@ -67,7 +67,7 @@ class IngestJobs:
             self._jobs[job.id] = job
             while len(self._jobs) > self.keep:
                 oldest = next(iter(self._jobs.values()))
-                if oldest.status in ("queued", "running"):
+                if oldest.status in ("queued", "waiting", "running"):
                     break
                 self._jobs.popitem(last=False)
             if self._thread is None or not self._thread.is_alive():
@@ -85,7 +85,7 @@ class IngestJobs:
             return list(self._jobs.values())
 
     def busy(self) -> bool:
-        return any(j.status in ("queued", "running") for j in self.list())
+        return any(j.status in ("queued", "waiting", "running") for j in self.list())
 
     def stop(self) -> None:
         self._queue.put(None)
@@ -100,8 +100,16 @@ class IngestJobs:
             def progress(done: int, total: int, job: Job = job) -> None:
                 job.done_chunks, job.total_chunks = done, total
 
+            def waiting(holder: str, job: Job = job) -> None:
+                job.status = "waiting"  # another writer (a CLI ingest) holds the store: queue behind it
+                job.error = f"waiting for another ingest ({holder})"
+
+            def progress_running(done: int, total: int, job: Job = job) -> None:
+                job.status, job.error = "running", None
+                progress(done, total)
+
             try:
-                report = self.twin.ingest(job.paths, progress=progress)
+                report = self.twin.ingest(job.paths, progress=progress_running, wait=None, waiting=waiting)
                 job.report = report.to_dict()
                 job.status = "done"
             except TwinError as e:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -42,6 +43,16 @@ _HIT_COLUMNS = [
     "chunk_id", "doc_id", "source", "text", "start", "end",
     "heading_path", "parent_id", "idx", "file_type", "metadata",
 ]
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write a file whole or not at all: a temporary file beside it, fsynced, then renamed."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def sql_quote(value: str) -> str:
@@ -124,7 +135,7 @@ class LanceStore:
             if dim is None or embedder_name is None:
                 raise TwinError(f"{path}: nothing ingested yet; run `twin ingest PATH...` first")
             path.mkdir(parents=True, exist_ok=True)
-            (path / "meta.json").write_text(json.dumps({"embedder": embedder_name, "dim": dim}), encoding="utf-8")
+            atomic_write(path / "meta.json", json.dumps({"embedder": embedder_name, "dim": dim}))
         elif embedder_name is not None and (meta["embedder"] != embedder_name or (dim and meta["dim"] != dim)):
             raise TwinError(
                 f"{path}: the store was embedded with {meta['embedder']} (dim {meta['dim']}), "
@@ -134,11 +145,7 @@ class LanceStore:
         self.embedder_name = meta["embedder"] if meta else embedder_name
         self.dim = int(meta["dim"] if meta else dim)
         self.db = lancedb.connect(str(path))
-        existing = set(self.db.list_tables().tables)
-        self.chunks = self._open("chunks", _chunk_schema(self.dim), existing)
-        self.sections = self._open("sections", _SECTION_SCHEMA, existing)
-        self.docs = self._open("documents", _DOC_SCHEMA, existing)
-        self.sentences = self._open("sentences", _sentence_schema(self.dim), existing)
+        self._open_tables()
         self.memory_max_chunks = memory_max_chunks
         self.memory_max_sentences = memory_max_sentences
         self.memory_dtype = memory_dtype
@@ -155,11 +162,32 @@ class LanceStore:
         self._chunk_writes = 0  # finished writes: a version read across one is not kept
         self._fts_present = False
 
+    def _open_tables(self) -> None:
+        existing = set(self.db.list_tables().tables)
+        self.chunks = self._open("chunks", _chunk_schema(self.dim), existing)
+        self.sections = self._open("sections", _SECTION_SCHEMA, existing)
+        self.docs = self._open("documents", _DOC_SCHEMA, existing)
+        self.sentences = self._open("sentences", _sentence_schema(self.dim), existing)
+
+    def refresh(self) -> None:
+        """See every write committed so far, by any process (a writer calls this once it holds
+        the writer lock: its plan must start from the latest rows, not from what it last read)."""
+        self._open_tables()
+        self.after_write()
+
     def _read_meta(self) -> dict | None:
         meta_path = self.path / "meta.json"
         if not meta_path.exists():
             return None
-        return json.loads(meta_path.read_text(encoding="utf-8"))
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            return {"embedder": str(meta["embedder"]), "dim": int(meta["dim"])}
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise TwinError(
+                f"{meta_path}: unreadable store description ({type(e).__name__}: {e}); it should hold "
+                '{"embedder": NAME, "dim": N} of the embedder that wrote the store '
+                "(or run `twin ingest --rebuild PATH...`)"
+            ) from None
 
     def _open(self, name: str, schema: pa.Schema, existing: set[str]):
         if name in existing:
@@ -263,11 +291,11 @@ class LanceStore:
             try:
                 self.sentences.delete(stale)
             finally:
-                self._written()
+                self.after_write()
         try:
             self._replace(self.chunks, "chunk_id", _chunks_table(chunks, vectors, self.dim), where)
         finally:
-            self._written()
+            self.after_write()
         self.put_records(docs)
 
     def chunks_without_sentences(self) -> list[str]:
@@ -301,7 +329,7 @@ class LanceStore:
             self.sentences.delete(sql_in("chunk_id", owners))
             self.sentences.add(rows)
         finally:
-            self._written()
+            self.after_write()
 
     def put_records(self, docs: list[DocRecord]) -> None:
         """Rewrite document records only (their chunks stay as they are)."""
@@ -331,7 +359,7 @@ class LanceStore:
                 self.sentences.delete(where)
                 self.chunks.delete(where)
             finally:
-                self._written()
+                self.after_write()
             self.sections.delete(where)
             self.docs.delete(where)
 
@@ -350,14 +378,14 @@ class LanceStore:
                     "text", config=FTS(stem=True, remove_stop_words=True, ascii_folding=True)
                 )
         finally:
-            self._written()
+            self.after_write()
         self.sections.optimize()
         self.docs.optimize()
         if self.sentences.count_rows() > 0:
             try:
                 self.sentences.optimize()
             finally:
-                self._written()
+                self.after_write()
 
     # -- versions --------------------------------------------------------------
     @property
@@ -368,9 +396,19 @@ class LanceStore:
         if not self._versions_path.exists():
             return []
         out = []
-        for line in self._versions_path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
+        lines = self._versions_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        for n, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
                 out.append(StoreVersion(**json.loads(line)))
+            except (ValueError, TypeError) as e:
+                # A torn last line (a crash mid-append before appends were atomic) is skipped;
+                # the next commit rewrites the file without it. A bad line elsewhere is reported.
+                if n == len(lines):
+                    log.warning("%s: line %d is torn; ignored", self._versions_path, n)
+                    continue
+                raise TwinError(f"{self._versions_path}: line {n}: not a store version ({e})") from None
         return out
 
     def current_version(self) -> int:
@@ -389,8 +427,8 @@ class LanceStore:
             },
             summary=summary,
         )
-        with self._versions_path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(version.__dict__) + "\n")
+        lines = [json.dumps(v.__dict__) for v in [*self.versions(), version]]
+        atomic_write(self._versions_path, "\n".join(lines) + "\n")
         return version
 
     # -- search ----------------------------------------------------------------
@@ -508,7 +546,7 @@ class LanceStore:
             builder = builder.where(where, prefilter=True)
         return builder.to_list()
 
-    def _written(self) -> None:
+    def after_write(self) -> None:
         """After every write to the chunks or sentences table (in `finally`: a failed write may have
         committed)."""
         self._chunk_writes += 1

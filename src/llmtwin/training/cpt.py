@@ -72,7 +72,7 @@ def load_documents(data: str, project_root: Path) -> tuple[list[tuple[str, str]]
     if path.is_file() and path.suffix == ".jsonl":
         return _jsonl_texts(path)
     if path.is_dir() or path.is_file():
-        files, _skipped = discover([path], [".*", "__pycache__", ".venv", "node_modules"])
+        files = discover([path], [".*", "__pycache__", ".venv", "node_modules"]).files
         return _file_texts([(f, str(f)) for f in files])
     raise TwinError(f"data {data!r}: not 'store', a folder or a file")
 
