@@ -28,7 +28,7 @@ from llmtwin.feature.load import discover, load_bytes, read_file
 from llmtwin.models.embedder import Embedder
 from llmtwin.project import Project
 from llmtwin.store.base import DocRecord
-from llmtwin.store.doctor import check_store
+from llmtwin.store.doctor import check_store, delete_orphans
 from llmtwin.store.lancedb_store import LanceStore
 from llmtwin.types import Chunk, Document, IngestReport, LoadFailure, Section
 
@@ -72,6 +72,9 @@ def ingest(
     plan = _plan(project, paths, store, embedder, cfg, report)
     if plan.deletes:
         store.delete_documents(plan.deletes)
+    # Rows of documents without a record (a run killed between its chunks and its records) are
+    # replaced where this run writes those documents, and deleted everywhere else.
+    delete_orphans(store, keep={w.record.doc_id for w in plan.writes})
     report.chunks = _write(plan.writes, store, embedder, cfg.batch_chunks, progress)
     if cfg.sentence_vectors:
         from llmtwin.feature.sentence_vectors import embed_missing_sentences

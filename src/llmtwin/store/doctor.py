@@ -9,8 +9,9 @@ What a fault can leave (two writers before the writer lock existed, a disk error
   stored vectors by chunk id (nothing is re-embedded, nothing is lost meanwhile).
 - **chunk counts that disagree with the record**: the same repair (the record goes stale).
 - **orphans**: chunk, section or sentence rows of a document without a record. A run killed
-  between its chunks and its records leaves these; the next ingest of that file replaces them,
-  so an ingest leaves them alone. `twin doctor` deletes them (they are searchable while there).
+  between its chunks and its records leaves these. The next ingest replaces those of the
+  documents it writes and deletes the rest (the file may be gone by then); `twin doctor`
+  deletes them all (they are searchable while there).
 
 A repair is crash-safe by its order: the affected records are deleted first (their documents
 then count as not ingested), their rows are rewritten, the stale records written last. Killed
@@ -117,7 +118,7 @@ def check_store(store: LanceStore, *, repair: bool = False, orphans: bool = Fals
         _rewrite(store, sorted(affected))
         result.repaired = sorted(affected)
     if repair and orphans and result.orphans:
-        result.orphans_deleted = _delete_orphans(store, known, live_chunks)
+        result.orphans_deleted = delete_orphans(store)
     return result
 
 
@@ -178,24 +179,33 @@ def _rewrite(store: LanceStore, doc_ids: list[str]) -> None:
             store.docs.add(stale.select(store.docs.schema.names))
 
 
-def _delete_orphans(store: LanceStore, known: set[str], live_chunks: set[str]) -> int:
+def delete_orphans(store: LanceStore, keep: set[str] = frozenset()) -> int:
+    """Delete chunk, section and sentence rows of documents without a record (except the doc ids
+    in `keep`, about to be rewritten), and sentence rows of chunks that are gone. Returns the
+    number of rows deleted."""
+    known = set(store.docs.to_arrow().column("doc_id").to_pylist()) | set(keep)
+    live_chunks = set(store.chunks.to_arrow().column("chunk_id").to_pylist())
     deleted = 0
     for name, table in (("chunks", store.chunks), ("sections", store.sections), ("sentences", store.sentences)):
         arrow = table.to_arrow().select(["doc_id"] + (["chunk_id"] if name == "sentences" else []))
         ids = arrow.column("doc_id").to_pylist()
-        bad = sorted({d for d in ids if d not in known})
-        deleted += sum(d not in known for d in ids)
+        orphans = [d not in known for d in ids]
+        if name == "sentences":  # also rows of chunks no longer there
+            chunk_ids = arrow.column("chunk_id").to_pylist()
+            gone = [c not in live_chunks and d in known for c, d in zip(chunk_ids, ids)]
+            deleted += sum(gone)
+            bad_chunks = sorted({c for c, g in zip(chunk_ids, gone) if g})
+        else:
+            bad_chunks = []
+        deleted += sum(orphans)
+        bad = sorted({d for d, o in zip(ids, orphans) if o})
+        if not bad and not bad_chunks:
+            continue
         try:
             for start in range(0, len(bad), 500):
                 table.delete(sql_in("doc_id", bad[start : start + 500]))
-            if name == "sentences":
-                gone = sorted({c for c in arrow.column("chunk_id").to_pylist() if c not in live_chunks})
-                deleted += sum(c not in live_chunks for c in arrow.column("chunk_id").to_pylist()) - sum(
-                    d not in known and c not in live_chunks
-                    for d, c in zip(ids, arrow.column("chunk_id").to_pylist())
-                )
-                for start in range(0, len(gone), 500):
-                    table.delete(sql_in("chunk_id", gone[start : start + 500]))
+            for start in range(0, len(bad_chunks), 500):
+                table.delete(sql_in("chunk_id", bad_chunks[start : start + 500]))
         finally:
             store.after_write()
     return deleted
