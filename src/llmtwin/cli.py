@@ -527,10 +527,10 @@ def keys_list(as_json: bool = typer.Option(False, "--json", help="Print as JSON.
 
 
 @keys_app.command("revoke")
-def keys_revoke(key: str = typer.Argument(..., help="The key's id (or name).")) -> None:
-    """Revoke a key: a running server refuses it from the next request on."""
-    record = _keys().revoke(key)
-    print(f"revoked {record.id} ({record.name})")
+def keys_revoke(key: str = typer.Argument(..., help="The key's id, or a name: every active key of that name.")) -> None:
+    """Revoke a key (by id), or every key of a name: a running server refuses them from the next request on."""
+    for record in _keys().revoke_all(key):
+        print(f"revoked {record.id} ({record.name})")
 
 
 tune_app = typer.Typer(help="Train the project's own retrieval models on its chunks (no labels needed).", no_args_is_help=True)

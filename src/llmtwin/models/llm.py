@@ -6,10 +6,13 @@ All three take chat messages and stream text pieces. Shared behaviour callers ca
   (the seed is re-applied on every call, so the same call gives the same text).
 - `stop` strings end generation; the stop string itself and anything after it are not returned.
   They are also enforced client-side, so a server that ignores `stop` still honours it.
-- A prompt longer than `context_window - max_new_tokens` does not crash: the longest non-system
-  message is cut from the LEFT (its start is dropped, so a question at its end survives) until
-  the prompt fits, with a logged warning. If only system text is left and it still does not fit,
-  or `max_new_tokens` alone leaves no room, a TwinError says so.
+- Blank (empty or whitespace) non-system messages are dropped. A prompt longer than
+  `context_window - max_new_tokens` does not crash: the oldest turns are dropped first (the
+  system messages and the last message stay), and if those alone are still too long, the last
+  message is cut from the LEFT (its start is dropped, so a question at its end survives), with
+  a logged warning. Each message is tokenized once for this, so fitting is linear in the prompt.
+  If the system text alone does not fit, or `max_new_tokens` alone leaves no room, a TwinError
+  says so; `fit(..., cut_last=False)` raises PromptTooLong instead of cutting the last message.
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ log = logging.getLogger(__name__)
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": ...}
 
 _MIN_PROMPT_ROOM = 16  # tokens a prompt needs at least (template tokens + a few of content)
+
+
+class PromptTooLong(TwinError):
+    """The system messages and the last message alone do not fit the prompt budget."""
 
 
 @runtime_checkable
@@ -105,37 +112,96 @@ class _Base:
         raise NotImplementedError
 
     def _fit(self, messages: list[Message], max_new_tokens: int) -> list[Message]:
+        return self.fit(messages, max_new_tokens)
+
+    def fit(self, messages: list[Message], max_new_tokens: int, *, cut_last: bool = True) -> list[Message]:
+        """The messages to send so that the templated prompt leaves `max_new_tokens` free.
+
+        Blank non-system turns are dropped; then, if the prompt is too long, the oldest turns go
+        first (system messages and the last message stay); then the last message loses its start
+        (`cut_last`), or PromptTooLong says how far over it is. Every message is tokenized once,
+        the whole prompt a few times: linear in the prompt, however many turns are dropped.
+        """
         budget = self.context_window - max_new_tokens
         if budget < _MIN_PROMPT_ROOM:
             raise TwinError(
                 f"{self.name}: max_new_tokens={max_new_tokens} leaves no room for the prompt in a "
                 f"context window of {self.context_window} tokens"
             )
-        messages = [dict(m) for m in messages]
+        messages = [dict(m) for m in messages if m["role"] == "system" or m["content"].strip()]
         total = self._prompt_tokens(messages)
         if total <= budget:
             return messages
         before = total
-        for _ in range(len(messages) * 4 + 4):  # each round fits the longest message or empties it
-            candidates = [i for i, m in enumerate(messages) if m["role"] != "system" and m["content"]]
-            if not candidates:
+        kept, total = self._drop_oldest(messages, total, budget)
+        if total > budget:
+            kept, total = self._cut_last(kept, total, budget, cut_last)
+        done = []
+        if len(kept) < len(messages):
+            done.append(f"dropped the {len(messages) - len(kept)} oldest of {len(messages)} messages")
+        if kept[-1] != messages[-1]:
+            done.append("dropped the start of the last message")
+        log.warning(
+            "%s: prompt of %d tokens exceeds %d (context %d - max_new_tokens %d); %s to fit",
+            self.name, before, budget, self.context_window, max_new_tokens, " and ".join(done),
+        )
+        return kept
+
+    def _drop_oldest(self, messages: list[Message], total: int, budget: int) -> tuple[list[Message], int]:
+        """Drop the oldest droppable turns (not system, not the last) until the prompt fits or
+        none is left, the turns kept beginning with a user's: (messages, their prompt tokens). How
+        many go is estimated from each turn's tokens plus its share of the template, then checked
+        on the whole prompt."""
+        last = len(messages) - 1
+        droppable = [i for i, m in enumerate(messages) if m["role"] != "system" and i != last]
+        if not droppable:
+            return messages, total
+        keep_always = [m for i, m in enumerate(messages) if m["role"] == "system" or i == last]
+        base = self._prompt_tokens(keep_always)
+        cost = {i: self.count_tokens(messages[i]["content"]) for i in droppable}
+        template = max(0, total - base - sum(cost.values())) / len(droppable)  # per turn
+        first, room = len(droppable), budget - base  # keep droppable[first:], the newest turns
+        while first > 0 and cost[droppable[first - 1]] + template <= room:
+            first -= 1
+            room -= cost[droppable[first]] + template
+        while True:
+            if 0 < first < len(droppable) and messages[droppable[first]]["role"] == "assistant":
+                first += 1  # what is kept starts with a user turn, as chat templates expect
+                continue
+            gone = set(droppable[:first])
+            kept = [m for i, m in enumerate(messages) if i not in gone]
+            total = base if first == len(droppable) else self._prompt_tokens(kept)
+            if total <= budget or first == len(droppable):
+                return kept, total
+            excess = total - budget  # the estimate was short (tokens merge across turns): more go
+            while excess > 0 and first < len(droppable):
+                excess -= cost[droppable[first]] + template
+                first += 1
+
+    def _cut_last(self, messages: list[Message], total: int, budget: int, cut: bool) -> tuple[list[Message], int]:
+        """The system messages and the last message, with the start of the last cut off until
+        the prompt fits; PromptTooLong if `cut` is False, TwinError if system text alone is too long."""
+        last = messages[-1]
+        if not cut:
+            raise PromptTooLong(
+                f"{self.name}: the latest message ({self.count_tokens(last['content'])} tokens) with the system "
+                f"messages makes a prompt of {total} tokens, over the {budget} tokens left for one "
+                f"(context_window {self.context_window} - max_new_tokens {self.context_window - budget}); "
+                "shorten the message or ask for fewer new tokens"
+            )
+        messages = [dict(m) for m in messages]
+        for _ in range(4):  # each round cuts by the excess; token merges at the cut may leave a few
+            if last["role"] == "system" or not messages[-1]["content"]:
                 break
-            i = max(candidates, key=lambda j: len(messages[j]["content"]))
-            excess = total - budget
-            messages[i]["content"] = self._cut_left(messages[i]["content"], excess + 4)
+            messages[-1]["content"] = self._cut_left(messages[-1]["content"], total - budget + 4)
             total = self._prompt_tokens(messages)
             if total <= budget:
-                log.warning(
-                    "%s: prompt of %d tokens exceeds %d (context %d - max_new_tokens %d); "
-                    "dropped the start of the longest message to fit",
-                    self.name, before, budget, self.context_window, max_new_tokens,
-                )
-                return messages
+                return messages, total
         raise TwinError(
-            f"{self.name}: the prompt ({before} tokens) does not fit in {budget} tokens "
-            f"(context_window {self.context_window} - max_new_tokens {max_new_tokens}), "
-            "even after cutting every non-system message; shorten the system prompt or raise "
-            "llm.context_window"
+            f"{self.name}: the prompt ({total} tokens) does not fit in {budget} tokens "
+            f"(context_window {self.context_window} - max_new_tokens {self.context_window - budget}), "
+            "even after dropping every earlier message and cutting the last; shorten the system prompt "
+            "or raise llm.context_window"
         )
 
 

@@ -192,6 +192,7 @@ def create_app(twin, *, keys: KeyStore | None, warm: bool = True) -> FastAPI:
         max_body=cfg.max_body_kb * 1024,
         max_upload=int(cfg.max_upload_mb * 1024 * 1024),
         upload_paths=("/v1/ingest",),
+        bound_host=cfg.host,
     )
 
     # ------------------------------------------------------------------ errors
@@ -254,7 +255,9 @@ def create_app(twin, *, keys: KeyStore | None, warm: bool = True) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
         llm = await run_in_threadpool(server.llm_for, body.model, body.rag is True)
-        plan = make_plan(body, twin=twin, llm=llm, rag_model=cfg.rag_model, server_max_tokens=cfg.max_tokens)
+        plan = await run_in_threadpool(  # counts the prompt's tokens: off the event loop
+            lambda: make_plan(body, twin=twin, llm=llm, rag_model=cfg.rag_model, server_max_tokens=cfg.max_tokens)
+        )
         ticket = server.queue.enter()  # QueueFull → 429 with Retry-After
         gen = Generation(plan)
         server.generations.add(gen)
@@ -357,7 +360,7 @@ def create_app(twin, *, keys: KeyStore | None, warm: bool = True) -> FastAPI:
                 if target in targets:
                     raise ApiError(400, f"file {upload.filename!r} is sent twice", param="files")
                 targets[target] = upload
-            await run_in_threadpool(_save_uploads, targets)
+            await run_in_threadpool(_save_uploads, folder, targets)
         finally:
             await form.close()
         job = server.jobs.submit(list(targets))
@@ -418,10 +421,11 @@ def _validation_message(errors: list[dict]) -> tuple[str, str, str | None, str |
     """(message, type, code, param) for pydantic's errors: bad JSON, or each bad field named."""
     parts: list[str] = []
     first: str | None = None
+    bad_values = [_field_path(e) for e in errors if e.get("type") == "value_error"]
     for err in errors:
-        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-        if loc and _is_type_tag(loc[-1]):  # "content.str", "content.list[ContentPart]": a union member
-            loc = loc[:-1]
+        loc = _field_path(err)
+        if err.get("type") != "value_error" and any(v[: len(loc)] == loc for v in bad_values):
+            continue  # another member of a union failed there: its value was wrong, not its type
         if err.get("type") == "json_invalid":
             detail = (err.get("ctx") or {}).get("error", "")
             return f"invalid JSON body: {detail}".rstrip(": "), "invalid_request_error", "invalid_json", None
@@ -431,7 +435,7 @@ def _validation_message(errors: list[dict]) -> tuple[str, str, str | None, str |
             return "the request body must be a JSON object", "invalid_request_error", "invalid_body", None
         where = ".".join(loc) or "body"
         first = first or where
-        msg = err.get("msg", "invalid")
+        msg = err.get("msg", "invalid").removeprefix("Value error, ")
         for i, part in enumerate(parts):  # one line per field; a union's alternatives joined by "or"
             if part.startswith(where + ": "):
                 if msg not in part:
@@ -441,6 +445,15 @@ def _validation_message(errors: list[dict]) -> tuple[str, str, str | None, str |
             parts.append(f"{where}: {msg}")
     message = "; ".join(parts[:4]) + (f" (and {len(parts) - 4} more)" if len(parts) > 4 else "")
     return message or "invalid request", "invalid_request_error", "invalid_value", first
+
+
+def _field_path(err: dict) -> list[str]:
+    """The fields of a pydantic error's location, without "body" and the union members' type tags
+    ("content.str", "input.list[function-after[...]].1", "filters.dict[...].source")."""
+    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    if loc and _is_type_tag(loc[-1]):
+        loc = loc[:-1]
+    return [p for p in loc if not ("[" in p and _is_type_tag(p))]
 
 
 def _is_type_tag(part: str) -> bool:
@@ -461,19 +474,67 @@ def _check_type(filename: str) -> None:
         raise ApiError(415, f"{filename!r}: unsupported file type {suffix or '(none)'!r}; llmtwin reads {known} and source code", param="files", code="unsupported_file_type")
 
 
-def _save_uploads(targets: dict[Path, UploadFile]) -> None:
-    """Write each upload next to its target and rename it into place (no half-written files)."""
+def _save_uploads(folder: Path, targets: dict[Path, UploadFile]) -> None:
+    """Save every upload or none: each is written next to its target, then all are renamed into
+    place. A name that clashes with a file or folder (`a.md` and `a.md/b.md`) is a 409 before
+    anything is written; if a rename still fails (a concurrent upload), the files this request
+    added are removed again."""
+    _check_conflicts(folder, targets)
+    parts: dict[Path, Path] = {}
+    placed: list[Path] = []  # new files (none there before): removed if a later one fails
+    try:
+        for target, upload in targets.items():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            parts[target] = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.part")
+            _write_upload(upload, parts[target])
+        for target, part in parts.items():
+            existed = target.exists()
+            os.replace(part, target)
+            if not existed:
+                placed.append(target)
+    except (FileExistsError, NotADirectoryError, IsADirectoryError) as e:
+        for target in placed:
+            target.unlink(missing_ok=True)
+        raise ApiError(409, f"cannot save the upload: {_shown(folder, Path(e.filename2 or e.filename or ''))} clashes with "
+                       "a file or folder there (another upload?); nothing was saved", param="files",
+                       code="upload_conflict") from e
+    finally:
+        for part in parts.values():
+            part.unlink(missing_ok=True)
+
+
+def _write_upload(upload: UploadFile, path: Path) -> None:
+    upload.file.seek(0)
+    with open(path, "wb") as out:
+        while block := upload.file.read(1 << 20):
+            out.write(block)
+
+
+def _check_conflicts(folder: Path, targets: dict[Path, UploadFile]) -> None:
+    """A 409 naming the clash when a target is an existing folder, or a folder on its way is an
+    existing file or another file of this upload (`a.md` with `a.md/b.md`)."""
+    root = folder.resolve()
     for target, upload in targets.items():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.part")
-        try:
-            upload.file.seek(0)
-            with open(tmp, "wb") as out:
-                while block := upload.file.read(1 << 20):
-                    out.write(block)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        if target.is_dir():
+            raise ApiError(409, f"file {upload.filename!r}: {_shown(root, target)} is a folder in the upload "
+                           "folder; nothing was saved", param="files", code="upload_conflict")
+        for parent in target.parents:
+            if parent in targets:
+                raise ApiError(409, f"file {upload.filename!r} would go inside {targets[parent].filename!r}, a "
+                               "file of the same upload; nothing was saved", param="files", code="upload_conflict")
+            if parent.exists() and not parent.is_dir():
+                raise ApiError(409, f"file {upload.filename!r}: {_shown(root, parent)} is a file in the upload "
+                               "folder, not a folder; nothing was saved", param="files", code="upload_conflict")
+            if parent == root:
+                break
+
+
+def _shown(root: Path, path: Path) -> str:
+    """`path` as a client names it: relative to the upload folder (never the server's absolute path)."""
+    try:
+        return repr(path.relative_to(root.resolve()).as_posix())
+    except ValueError:
+        return repr(path.name)
 
 
 # ---------------------------------------------------------------------- twin serve

@@ -97,6 +97,8 @@ def make_plan(body: ChatRequest, *, twin, llm, rag_model: str, server_max_tokens
         if last["role"] != "user" or not last["content"].strip():
             raise ApiError(400, "messages: the last message must be the user's question", param="messages")
         question = last["content"]
+        _fit(llm, [{"role": "system", "content": twin.config.generation.system_prompt},
+                   {"role": "user", "content": question}], max_tokens)  # the sources come on top
         twin.store()  # nothing ingested yet: a TwinError (400) now, not an error mid-stream
 
         def run_rag(emit: Emit, cancelled: Callable[[], bool]) -> dict[str, Any]:
@@ -123,6 +125,7 @@ def make_plan(body: ChatRequest, *, twin, llm, rag_model: str, server_max_tokens
 
     if not any(m["content"].strip() for m in messages):
         raise ApiError(400, "messages: all messages are empty", param="messages")
+    messages = _fit(llm, messages, max_tokens)
     stop = [body.stop] if isinstance(body.stop, str) else body.stop
     cfg = twin.config.llm
     penalty = float(body.repetition_penalty) if body.repetition_penalty is not None else cfg.repetition_penalty
@@ -151,6 +154,17 @@ def make_plan(body: ChatRequest, *, twin, llm, rag_model: str, server_max_tokens
         }
 
     return Plan(body.model, False, max_tokens, run_plain, include_usage)
+
+
+def _fit(llm, messages: list[dict], max_tokens: int) -> list[dict]:
+    """The messages that fit the context with `max_tokens` to spare (blank turns and then the
+    oldest turns dropped); a 400 when the system messages and the latest message alone do not."""
+    from llmtwin.models.llm import PromptTooLong
+
+    try:
+        return llm.fit(messages, max_tokens, cut_last=False)
+    except PromptTooLong as e:
+        raise ApiError(400, f"messages: {e}", param="messages", code="context_length_exceeded") from e
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:

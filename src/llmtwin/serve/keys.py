@@ -98,16 +98,22 @@ class KeyStore:
         with self._lock:
             return list(self._load())
 
-    def revoke(self, key_id: str) -> KeyRecord:
+    def revoke_all(self, name_or_id: str) -> list[KeyRecord]:
+        """Revoke the key with this id, or else every active key with this name; returns the
+        records revoked (a name whose keys are all revoked already: those records, unchanged).
+        A TwinError if no key has this id or name."""
         with self._lock:
             records = list(self._load())
-            for record in records:
-                if record.id == key_id or record.name == key_id:
-                    if record.revoked is None:
-                        record.revoked = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-                        self._save(records)
-                    return record
-        raise TwinError(f"no API key with id or name {key_id!r} (see `twin keys list`)")
+            matched = [r for r in records if r.id == name_or_id] or [r for r in records if r.name == name_or_id]
+            if not matched:
+                raise TwinError(f"no API key with id or name {name_or_id!r} (see `twin keys list`)")
+            active = [r for r in matched if r.revoked is None]
+            if active:
+                now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+                for record in active:
+                    record.revoked = now
+                self._save(records)
+            return active or matched
 
     # -- serving ------------------------------------------------------------------------------
     def has_active(self) -> bool:

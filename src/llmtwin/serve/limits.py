@@ -1,5 +1,6 @@
 """What keeps the server safe under load and bad input: the generation queue, the request guard
-(API keys and body size), loopback checks and upload names that cannot escape their folder."""
+(Host and Origin checks, API keys and body size), loopback checks and upload names that cannot
+escape their folder."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 import unicodedata
 from collections import deque
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 from llmtwin.errors import TwinError
 
@@ -162,24 +164,39 @@ def error_body(message: str, type_: str = "invalid_request_error", code: str | N
 
 
 class RequestGuard:
-    """API keys for /v1/*, and request body limits (413) for every path.
+    """Host and Origin checks (403), API keys for /v1/*, and request body limits (413) for every path.
+
+    Without keys (`keys=None`, which the CLI allows on loopback only) a request must name the
+    server by a loopback Host (localhost, 127.x.x.x, [::1]) or by `bound_host`: a web page that
+    rebinds its own DNS name to 127.0.0.1 sends its own name and is refused. On every server a
+    state-changing request (POST, PUT, PATCH, DELETE) sent by a page of another origin (its
+    `Origin` differs from the Host it was sent to, or `Sec-Fetch-Site: cross-site`) is refused:
+    the web UI served here is same-origin, and clients that are not browsers send no Origin.
 
     Bodies are limited by Content-Length before anything is read, and by counting while they
-    are read (chunked uploads). `keys=None` serves without keys (the CLI allows that on loopback
-    only). `upload_paths` get `max_upload` bytes, everything else `max_body`.
+    are read (chunked uploads). `upload_paths` get `max_upload` bytes, everything else `max_body`.
     """
 
-    def __init__(self, app, *, keys, max_body: int, max_upload: int, upload_paths: tuple[str, ...]):
+    def __init__(self, app, *, keys, max_body: int, max_upload: int, upload_paths: tuple[str, ...],
+                 bound_host: str | None = None):
         self.app = app
         self.keys = keys
         self.max_body = max_body
         self.max_upload = max_upload
         self.upload_paths = upload_paths
+        self.bound_host = (bound_host or "").strip("[]").lower()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
+        limit = self.max_upload if path in self.upload_paths else self.max_body
+        refused = self._refused(scope)
+        if refused is not None:
+            declared = _declared_length(scope)
+            if declared is not None and 0 < declared <= limit:  # read away: the client gets the 403, not a reset
+                await _drain(receive)
+            return await _reply(send, 403, refused[0], "permission_error", refused[1])
         if self.keys is not None and path.startswith("/v1/") and scope.get("method") != "OPTIONS":
             secret = _bearer(scope)
             if not secret:
@@ -191,7 +208,6 @@ class RequestGuard:
             if record is None:
                 return await _reply(send, 401, "invalid or revoked API key", "authentication_error", "invalid_api_key", auth=True)
             scope.setdefault("state", {})["api_key_id"] = record.id
-        limit = self.max_upload if path in self.upload_paths else self.max_body
         length = _header(scope, b"content-length")
         if length is not None:
             try:
@@ -230,6 +246,63 @@ class RequestGuard:
                     await _drain(receive, received)
                 await _reply(send, 413, _too_large(limit), code="request_too_large")
 
+    def _refused(self, scope) -> tuple[str, str] | None:
+        """(message, code) when the Host or Origin check refuses this request, else None."""
+        host = _header(scope, b"host")
+        if self.keys is None and host is not None and not host_allowed(host, self.bound_host):
+            return (f"Host {host!r} is refused: a server without API keys answers only requests addressed "
+                    "to a loopback name (localhost, 127.0.0.1, [::1]); use one of those in the URL",
+                    "host_not_allowed")
+        if scope.get("method") in STATE_CHANGING:
+            origin = _header(scope, b"origin")
+            fetch_site = (_header(scope, b"sec-fetch-site") or "").strip().lower()
+            if fetch_site == "cross-site" or (origin is not None and not same_origin(origin, host)):
+                return (f"cross-origin {scope.get('method')} refused: a web page of another origin "
+                        f"({origin or 'Sec-Fetch-Site: cross-site'}) may not send requests that act on this server",
+                        "cross_origin")
+        return None
+
+
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def split_host(host: str) -> tuple[str, int | None]:
+    """(name, port) of a Host header value: lower case, IPv6 brackets removed; port None if absent
+    or not a number."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        name, _, rest = host[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif host.count(":") == 1:
+        name, _, port = host.partition(":")
+    else:
+        name, port = host, ""
+    return name, int(port) if port.isdigit() else None
+
+
+def host_allowed(host: str, bound_host: str = "") -> bool:
+    """Whether a server without keys answers a request with this Host header: a loopback name
+    (localhost, 127.x.x.x, ::1, any port) or exactly the host the server is bound to."""
+    name, _ = split_host(host)
+    return is_loopback(name) or (bool(bound_host) and name == bound_host)
+
+
+def same_origin(origin: str, host: str | None) -> bool:
+    """Whether the `Origin` header names the same host and port as the `Host` header (a browser
+    sends its page's origin; "null" — sandboxed frames, files — is never the same)."""
+    if host is None:
+        return False
+    try:
+        parts = urlsplit(origin.strip())
+        origin_port = parts.port
+    except ValueError:
+        return False
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return False
+    default = 443 if parts.scheme == "https" else 80
+    name, port = split_host(host)
+    return parts.hostname.lower() == name and (origin_port or default) == (port or default)
+
 
 class _TooLarge(Exception):
     pass
@@ -259,6 +332,14 @@ def _header(scope, name: bytes) -> str | None:
         if key.lower() == name:
             return value.decode("latin-1")
     return None
+
+
+def _declared_length(scope) -> int | None:
+    """The Content-Length a request declares; None when it declares none (or a malformed one)."""
+    try:
+        return int(_header(scope, b"content-length"))
+    except (TypeError, ValueError):
+        return None
 
 
 def _bearer(scope) -> str:
@@ -292,12 +373,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+MAX_NAME_BYTES = 200  # one folder or file name in UTF-8: room for the ".NAME.PID.THREAD.part" it is written as
+
+
 def safe_upload_path(folder: Path, filename: str | None) -> Path:
     """Where an uploaded file goes under `folder`, or a TwinError saying why its name is refused.
 
     A name may hold sub-folders ("notes/a.md", as a browser sends for a folder upload) but no
-    absolute path, drive, '..', hidden part, backslash or control character; and the resolved
-    path must still lie inside `folder` (a symlink cannot lead out).
+    absolute path, drive, '..', hidden part, backslash, control character or part longer than
+    MAX_NAME_BYTES; and the resolved path must still lie inside `folder` (a symlink cannot lead out).
     """
     if not filename or not filename.strip():
         raise TwinError("an uploaded file has no file name")
@@ -316,6 +400,8 @@ def safe_upload_path(folder: Path, filename: str | None) -> Path:
         raise TwinError(f"file name {filename!r} must not contain '..' or '.' parts")
     if any(p.startswith(".") for p in parts):
         raise TwinError(f"file name {filename!r} has a hidden ('.'-prefixed) part")
+    if any(len(p.encode("utf-8")) > MAX_NAME_BYTES for p in parts):  # else the file system refuses it (500)
+        raise TwinError(f"file name {filename!r} has a part longer than {MAX_NAME_BYTES} bytes")
     root = folder.resolve()
     target = (root / pure).resolve()
     if target != root and root not in target.parents:

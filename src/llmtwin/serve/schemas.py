@@ -2,17 +2,31 @@
 
 OpenAI-shaped requests ignore fields llmtwin does not use (clients send many); llmtwin's own
 endpoints (`/v1/search`) refuse unknown fields, so a typo is an error rather than a silent default.
-Types are strict: "5" is not a number and 1 is not a boolean.
+Types are strict: "5" is not a number and 1 is not a boolean. Text is valid Unicode: JSON can
+spell a lone UTF-16 surrogate ("\\ud800"), which no tokenizer or store can encode; it is a 400
+naming the field.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
+
+def _valid_unicode(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"not valid Unicode text: a lone surrogate {text[e.start]!r} at character {e.start}"
+        ) from None
+    return text
+
+
+Text = Annotated[StrictStr, AfterValidator(_valid_unicode)]
 Number = StrictFloat | StrictInt
-Filters = dict[StrictStr, StrictStr] | list[StrictStr]
+Filters = dict[Text, Text] | list[Text]
 Mode = Literal["hybrid", "dense", "bm25"]
 
 
@@ -21,14 +35,14 @@ class _OpenAIShaped(BaseModel):
 
 
 class ContentPart(_OpenAIShaped):
-    type: StrictStr
-    text: StrictStr | None = None
+    type: Text
+    text: Text | None = None
 
 
 class ChatMessage(_OpenAIShaped):
     role: Literal["system", "developer", "user", "assistant"]
-    content: StrictStr | list[ContentPart] | None = None
-    name: StrictStr | None = None
+    content: Text | list[ContentPart] | None = None
+    name: Text | None = None
 
 
 class StreamOptions(_OpenAIShaped):
@@ -36,7 +50,7 @@ class StreamOptions(_OpenAIShaped):
 
 
 class ChatRequest(_OpenAIShaped):
-    model: Annotated[StrictStr, Field(min_length=1, max_length=200)]
+    model: Annotated[Text, Field(min_length=1, max_length=200)]
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=512)]
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
@@ -44,7 +58,7 @@ class ChatRequest(_OpenAIShaped):
     max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
     temperature: Annotated[Number, Field(ge=0, le=2)] | None = None
     top_p: Annotated[Number, Field(gt=0, le=1)] | None = None  # accepted, not used
-    stop: StrictStr | Annotated[list[StrictStr], Field(max_length=4)] | None = None
+    stop: Text | Annotated[list[Text], Field(max_length=4)] | None = None
     n: Annotated[StrictInt, Field(ge=1)] = 1
     seed: StrictInt | None = None  # accepted; the project's seed is used
     tools: list | None = None
@@ -57,8 +71,8 @@ class ChatRequest(_OpenAIShaped):
 
 
 class EmbeddingRequest(_OpenAIShaped):
-    model: Annotated[StrictStr, Field(min_length=1, max_length=200)]
-    input: StrictStr | Annotated[list[StrictStr], Field(min_length=1, max_length=256)]
+    model: Annotated[Text, Field(min_length=1, max_length=200)]
+    input: Text | Annotated[list[Text], Field(min_length=1, max_length=256)]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Annotated[StrictInt, Field(ge=1)] | None = None
 
@@ -66,8 +80,8 @@ class EmbeddingRequest(_OpenAIShaped):
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    query: Annotated[StrictStr, Field(min_length=1, max_length=4000)]
+    query: Annotated[Text, Field(min_length=1, max_length=4000)]
     k: Annotated[StrictInt, Field(ge=1, le=100)] | None = None
     mode: Mode | None = None
     filters: Filters | None = None
-    retrieval: dict[StrictStr, StrictStr | StrictInt | StrictFloat | StrictBool | None] | None = None  # retrieval.* for this request
+    retrieval: dict[Text, Text | StrictInt | StrictFloat | StrictBool | None] | None = None  # retrieval.* for this request
