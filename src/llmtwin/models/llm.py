@@ -21,6 +21,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -396,6 +397,46 @@ class TransformersLLM(_Base):
             raise TwinError(f"{self.name}: generation failed: {failure[0]}") from failure[0]
 
 
+def _cpu_has_amx() -> bool:
+    """Whether this CPU reports Intel AMX tiles (Linux /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return any("amx_tile" in line for line in f if line.startswith("flags"))
+    except OSError:
+        return False
+
+
+_PARAMS_LOCK = threading.Lock()
+
+
+@contextmanager
+def _without_extra_buffers(active: bool):
+    """Load a llama.cpp model without its extra CPU buffer types (weight repacking, AMX tiles).
+
+    On a CPU with AMX, a llama-cpp-python built with -march=native (0.3.35 and 0.3.36, built here
+    on 2026-12-08) crashes with SIGSEGV in the first decode of any prompt longer than a few tokens;
+    with `use_extra_bufts = False` it runs. llama-cpp-python's `Llama` does not take that setting,
+    so the default model parameters it starts from are switched for the duration of the load."""
+    if not active:
+        yield
+        return
+    import llama_cpp.llama_cpp as lib
+
+    with _PARAMS_LOCK:
+        default = lib.llama_model_default_params
+
+        def params():
+            p = default()
+            p.use_extra_bufts = False
+            return p
+
+        lib.llama_model_default_params = params
+        try:
+            yield
+        finally:
+            lib.llama_model_default_params = default
+
+
 class LlamaCppLLM(_Base):
     """A GGUF model run by llama.cpp (llama-cpp-python), with the chat template from the GGUF.
 
@@ -422,14 +463,15 @@ class LlamaCppLLM(_Base):
         self.context_window = context_window
         self.seed = seed
         try:
-            self.llama = llama_cpp.Llama(
-                model_path=str(self.gguf),
-                n_ctx=context_window,
-                n_threads=threads or os.cpu_count() or 1,
-                seed=seed,
-                flash_attn=True,  # prompt prefill 113 → 138 tokens/s for a 400-token RAG prompt here
-                verbose=False,
-            )
+            with _without_extra_buffers(_cpu_has_amx()):
+                self.llama = llama_cpp.Llama(
+                    model_path=str(self.gguf),
+                    n_ctx=context_window,
+                    n_threads=threads or os.cpu_count() or 1,
+                    seed=seed,
+                    flash_attn=True,  # prompt prefill 113 → 138 tokens/s for a 400-token RAG prompt here
+                    verbose=False,
+                )
         except (ValueError, RuntimeError) as e:
             raise TwinError(f"llama.cpp cannot load {self.gguf}: {e}") from e
         self._formatter = self._chat_formatter()
