@@ -25,6 +25,8 @@ def twin(tmp_path_factory, embedder, make_mixed_corpus):
     root = tmp_path_factory.mktemp("searchask")
     twin = Twin(root)
     twin.project.config.llm.max_new_tokens = 32
+    twin.project.config.generation.mode = "generative"  # these tests hold the LLM path (extractive: test_answers.py)
+    twin.project.config.ingest.near_duplicates = "drop"
     twin.ingest([make_mixed_corpus(root / "corpus")])
     return twin
 
@@ -236,7 +238,7 @@ def test_ask_with_filter_matching_nothing_abstains_without_llm(twin, tmp_path):
 
 
 def test_cli_ask_json(twin, twin_cli):
-    proc = twin_cli("--project", twin.project.root, "--set", "llm.max_new_tokens=32", "ask",
+    proc = twin_cli("--project", twin.project.root, "--set", "llm.max_new_tokens=32", "--set", "generation.mode=generative", "ask",
                     "When is a sourdough starter ready to bake with?", "--json", check=True)
     answer = json.loads(proc.stdout)
     assert {"answer", "citations", "trace_id", "timings"} <= set(answer)

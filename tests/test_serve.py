@@ -69,6 +69,7 @@ def project(tmp_path_factory, embedder):
     twin = Twin(root)
     cfg = twin.project.config
     cfg.llm.max_new_tokens = 32
+    cfg.generation.mode = "generative"  # these tests hold the generation slot and its queue (extractive: test_answers.py)
     cfg.serve.queue_size = 3
     cfg.serve.max_body_kb = 64
     cfg.serve.max_upload_mb = 1.0

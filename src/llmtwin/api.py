@@ -331,6 +331,8 @@ class Twin:
         search_s = time.perf_counter() - started  # includes loading the embedder on first use
         gen = self.config.generation
         hits = [h for h in result.hits if first_stage_score(h) >= gen.min_score]  # rerank/MMR scores differ
+        if self.answer_mode() == "extractive":
+            return self._ask_extractive(question, result, hits, filters, on_text, started, search_s)
         t = time.perf_counter()
         llm = self.llm if hits else None  # nothing to answer from: abstain without loading the LLM
         load_s = time.perf_counter() - t
@@ -378,6 +380,83 @@ class Twin:
             },
         )
         return Answer(generated.text, generated.citations, context, trace_id, timings, generated.abstained)
+
+    def answer_mode(self) -> str:
+        """extractive or generative: `generation.mode`, where `auto` is extractive for the packaged
+        135M model only."""
+        mode = self.config.generation.mode
+        if mode == "auto":
+            return "extractive" if self.config.llm.provider == "packaged" else "generative"
+        return mode
+
+    def answer_selector(self):
+        """The project's trained answer selector (`twin tune answers`), else the default weights."""
+        from llmtwin.generation.extractive import Selector
+        from llmtwin.models.versions import latest
+
+        path = latest(self.project.state_dir, "answer-selector", usable=True, max_age=MODELS_MAX_AGE_S)
+        if path is None:
+            return Selector()
+        selector = Selector.load(path / "selector.json")
+        selector.source = f"answer-selector/{path.name}"
+        return selector
+
+    def _ask_extractive(self, question, result, hits, filters, on_text, started, search_s) -> Answer:
+        """The answer is the sentence of the top chunks that answers the question (cited), or an
+        abstention naming the closest sources: no LLM is loaded (generation/extractive.py)."""
+        from llmtwin.generation.answer import insert_marker
+        from llmtwin.generation.extractive import candidates, select
+        from llmtwin.generation.prompt import source_label
+        from llmtwin.retrieval.sentences import sentence_vectors
+        from llmtwin.trace import hits_record, new_trace_id, write_trace
+        from llmtwin.types import Citation
+
+        gen = self.config.generation
+        t = time.perf_counter()
+        asked = next((r["query"] for r in result.transforms if r.get("name") == "repair"), question)
+        selector = self.answer_selector()
+        cands = candidates(asked, hits, self.embedder.embed_query(asked), sentence_vectors(self.embedder),
+                           gen.answer_chunks) if hits else None
+        chosen = select(cands, selector, gen.answer_threshold) if cands is not None else None
+        citations: list[Citation] = []
+        if chosen is not None and chosen.sentence:
+            n = chosen.hit_index + 1
+            chunk = hits[chosen.hit_index].chunk
+            text = insert_marker(chosen.sentence, n)
+            citations = [Citation(n, chunk.chunk_id, chunk.doc_id, chunk.source, chunk.text)]
+        else:
+            closest = "; ".join(dict.fromkeys(source_label(h) for h in hits[: gen.answer_chunks]))
+            text = gen.abstain_text + (f" Closest sources: {closest}." if closest else "")
+        if on_text:
+            on_text(text)
+        timings = {f"search.{k}": v for k, v in result.timings.items()}
+        timings.update({"search": search_s, "generate": time.perf_counter() - t, "total": time.perf_counter() - started})
+        timings = {k: round(v, 4) for k, v in timings.items()}
+        abstained = not citations
+        answerability = round(chosen.answerability, 4) if chosen is not None else 0.0
+        trace_id = new_trace_id()
+        write_trace(self.project.traces_dir, trace_id, {
+            "kind": "ask",
+            "mode": "extractive",
+            "query": question,
+            "store_version": self.store().current_version(),
+            "models": {"llm": None, "embedder": self.embedder.name, "answer_selector": selector.source},
+            "config_hash": self.config_hash(),
+            "filters": filters,
+            "where": result.where,
+            "pipeline": result.pipeline,
+            "transforms": result.transforms,
+            "stages": {name: hits_record(stage) for name, stage in result.stages.items()},
+            "candidates": [{"source": i + 1, "sentence": s, "p": round(p, 4)} for i, s, p in (chosen.ranked[:10] if chosen else [])],
+            "output": text,
+            "citations": [c.chunk_id for c in citations],
+            "abstained": abstained,
+            "answerability": answerability,
+            "threshold": gen.answer_threshold,
+            "timings": timings,
+        })
+        return Answer(text, citations, hits[: gen.answer_chunks], trace_id, timings, abstained,
+                      mode="extractive", answerability=answerability)
 
     # -- information ------------------------------------------------------------
     def config_hash(self) -> str:

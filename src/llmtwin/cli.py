@@ -605,6 +605,31 @@ def tune_adapter(
     print(f"  {card['path']}")
 
 
+@tune_app.command("answers")
+def tune_answers(
+    questions: int = typer.Option(600, "--questions", help="Pseudo-questions made from the chunks' sentences (at most)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the card as JSON."),
+) -> None:
+    """Train the extractive answer selector on pseudo-questions of your chunks (no labels).
+
+    Saved as .twin/models/answer-selector/vN; extractive answers use it if it chose the right
+    sentence at least as often as the default weights on held-out questions.
+    """
+    from llmtwin.training.answer_selector import AnswerTuning, tune_answers as run
+
+    twin = _twin()
+    with _stage_progress("Tuning") as progress:
+        card = run(twin, AnswerTuning(questions=questions, seed=twin.config.seed), progress)
+    if as_json:
+        print(json.dumps(card, indent=2))
+        return
+    chk = card["check"]
+    print(f"answer selector {card['version']}: held-out top-1 {chk['default']['top1']:.3f} (default) → "
+          f"{chk['trained']['top1']:.3f} on {chk['held_out']} questions; "
+          f"{'used' if card['use'] else 'NOT used (no gain)'} by extractive answers")
+    print(f"  {card['path']}")
+
+
 @tune_app.command("query-encoder")
 def tune_query_encoder(
     layers: int = typer.Option(3, "--layers", help="Transformer layers the student keeps (the first and the last ones)."),

@@ -142,6 +142,16 @@ class RetrievalConfig(_Section):
 
 
 class GenerationConfig(_Section):
+    # How answers are made. extractive: the sentence of the retrieved chunks that answers the
+    # question, cited, chosen by a selector (generation/extractive.py) without the LLM; generative:
+    # the LLM writes the answer from the sources, checked sentence by sentence (generation/answer.py).
+    # auto: extractive with the packaged 135M model (it cannot be trusted to write), generative with
+    # any other model (a local HF dir or GGUF, an endpoint, a registered fine-tune).
+    mode: Literal["auto", "extractive", "generative"] = "auto"
+    answer_chunks: int = Field(3, ge=1)  # extractive: sentences are taken from the top this-many chunks
+    # extractive: the answer's selector probability must reach this, else the answer abstains and
+    # lists the closest sources (0 never abstains while a candidate exists)
+    answer_threshold: float = Field(0.5, ge=0.0, le=1.0)
     context_tokens: int = Field(1200, ge=64)  # budget for retrieved chunks in the prompt (LLM tokens)
     min_score: float = Field(0.0, ge=0.0)  # hits under this fused score are not shown to the LLM
     grounded: bool = True  # drop generated sentences that no source supports

@@ -117,12 +117,16 @@ class Answer:
     trace_id: str
     timings: dict[str, float]
     abstained: bool = False
+    mode: str = "generative"  # which path made it: extractive or generative
+    answerability: float | None = None  # extractive: the selector's probability for the answer
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "answer": self.answer,
             "citations": [c.to_dict() for c in self.citations],
             "abstained": self.abstained,
+            "mode": self.mode,
+            "answerability": self.answerability,
             "trace_id": self.trace_id,
             "timings": self.timings,
         }

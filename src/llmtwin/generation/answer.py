@@ -83,7 +83,7 @@ class CitationChecker:
                 self.dropped.append(text.strip())
             return ""
         if not cited and best is not None and support >= self.min_support:
-            text = _insert_marker(text, best)
+            text = insert_marker(text, best)
         return text
 
     def _best_support(self, sentence: str) -> tuple[int | None, float]:
@@ -110,7 +110,7 @@ def _numbers(group: str) -> list[int]:
     return [int(x) for x in re.split(r"\s*,\s*", group)]
 
 
-def _insert_marker(sentence: str, n: int) -> str:
+def insert_marker(sentence: str, n: int) -> str:
     stripped = sentence.rstrip()
     tail = sentence[len(stripped) :]
     if stripped and stripped[-1] in ".!?:;":
@@ -193,7 +193,7 @@ def extractive_answer(
     order = {(n, sentence): i for i, (n, sentence) in
              enumerate((n, s) for n, hit in enumerate(hits, start=1) for s in source_sentences(hit.chunk.text))}
     best.sort(key=lambda q: order[(q[0], q[1])])
-    return " ".join(_insert_marker(sentence, n) for n, sentence, _ in best)
+    return " ".join(insert_marker(sentence, n) for n, sentence, _ in best)
 
 
 def generate_answer(
@@ -225,7 +225,7 @@ def generate_answer(
     out: list[str] = []
     if quotes:
         n, sentence, _ = quotes[0]
-        out.append(_insert_marker(sentence, n) + " ")
+        out.append(insert_marker(sentence, n) + " ")
         emit(out[0])
     pieces = llm.stream(
         messages,
@@ -246,7 +246,7 @@ def generate_answer(
         out.append(text)
         emit(text)
     if quotes and not generated:  # the quote stands; add the next best ones, as the extractive answer would
-        more = [_insert_marker(s, n) for n, s, _ in quotes[1: max(gen_cfg.extractive_sentences, 1)]]
+        more = [insert_marker(s, n) for n, s, _ in quotes[1: max(gen_cfg.extractive_sentences, 1)]]
         if more:
             out.append(" ".join(more))
             emit(out[-1])
