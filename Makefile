@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-fast bench clean
+.PHONY: install run lint test test-fast bench clean
 
 LLAMACPP := $(VENV)/.llamacpp
 
@@ -42,8 +42,18 @@ run: install
 	$(BIN)/twin --project demo ask "What does twin doctor check?"
 	$(BIN)/twin --project demo ask "What is the boiling point of mercury?"
 
-test: install $(LLAMACPP) $(CHROMIUM) $(BWRAP)
+# The full suite (what .ci/run calls), after the linter.
+test: install lint $(LLAMACPP) $(CHROMIUM) $(BWRAP)
 	$(BIN)/python -m pytest -q
+
+# Every test that loads no model (no embedder, LLM or training base; see the `model` marker in
+# tests/conftest.py): the quick loop. The run fails if any of its processes loads model weights.
+test-fast: install
+	LLMTWIN_TEST_FAST=1 $(BIN)/python -m pytest -q -m "not model"
+
+# pyflakes and import order (ruff; [tool.ruff] in pyproject.toml).
+lint: install
+	$(BIN)/ruff check src tests bench
 
 # Debian's Chromium for the web UI test (Playwright drives it; no browser is downloaded).
 # Installed once, as root; skipped when it is already there (the test skips without it).

@@ -103,7 +103,6 @@ def load_avg() -> str:
 
 def run_reward(minutes: float, hhh_n: int) -> dict:
     from alignment_data import hhh_style_pairs, split_by_group
-
     from llmtwin.training.recipe_rl import RewardRecipe
     from llmtwin.training.reward_model import RewardModel, load_scorer, pairwise_accuracy, read_pairs, train_reward
 

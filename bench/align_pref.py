@@ -163,7 +163,6 @@ def bench_grpo(args) -> dict:
 
 def bench_cai(args) -> dict:
     from alignment_data import CONSTITUTION, RED_TEAM, RED_TEAM_HELD_OUT
-
     from llmtwin.training.constitutional import train_constitutional
     from llmtwin.training.recipe_pref import ConstitutionalRecipe
 

@@ -11,6 +11,81 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads must not spin (as `twin` sets it)
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+# ---------------------------------------------------------------- the `model` marker, `make test-fast`
+
+# Tests that use one of these fixtures (directly or through other fixtures) load a model: they are
+# marked `model` at collection. Tests that load one otherwise (Twin(...).ingest/search/ask, get_llm,
+# training, `twin ingest|search|ask|serve|train` as a subprocess) carry `@pytest.mark.model` or a
+# module `pytestmark`. `make test-fast` runs `-m "not model"`.
+MODEL_FIXTURES = frozenset({"embedder", "llm", "hf_llm", "smollm2_dir"})
+FAST_GUARD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_fast_guard")
+
+
+def _fast_run(config) -> bool:
+    """A run that must load no model: LLMTWIN_TEST_FAST=1 or a `-m` expression with `not model`."""
+    return os.environ.get("LLMTWIN_TEST_FAST") == "1" or "not model" in (config.getoption("markexpr", "") or "")
+
+
+def pytest_configure(config):
+    if not _fast_run(config):
+        return
+    # Every model load of this process and of its Python subprocesses (tests/_fast_guard) raises and
+    # is logged; a test whose run logged one fails even if the code under test caught the error.
+    import importlib.util
+    import tempfile
+
+    fd, log = tempfile.mkstemp(prefix="llmtwin-fast-guard-", suffix=".log")
+    os.close(fd)
+    config._llmtwin_fast_guard_log = log
+    os.environ["LLMTWIN_TEST_FAST"] = "1"
+    os.environ["LLMTWIN_FAST_GUARD_LOG"] = log
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (FAST_GUARD, os.environ.get("PYTHONPATH")) if p)
+    spec = importlib.util.spec_from_file_location("_llmtwin_fast_guard", os.path.join(FAST_GUARD, "sitecustomize.py"))
+    guard = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(guard)  # installs itself (LLMTWIN_TEST_FAST=1)
+
+
+def pytest_unconfigure(config):
+    log = getattr(config, "_llmtwin_fast_guard_log", None)
+    if log and os.path.exists(log):
+        os.unlink(log)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if MODEL_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
+
+
+def _guard_lines(config) -> list[str]:
+    log = getattr(config, "_llmtwin_fast_guard_log", None)
+    if not log:
+        return []
+    with open(log, encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
+@pytest.fixture(autouse=True)
+def _no_model_in_fast_runs(request):
+    """In a fast run, a test during which any process tried to load a model fails (in its teardown)."""
+    before = len(_guard_lines(request.config))
+    yield
+    new = _guard_lines(request.config)[before:]
+    if new:
+        pytest.fail("loaded a model in a fast run (mark it `model`):\n" + "\n".join(new), pytrace=False)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    lines = _guard_lines(session.config)
+    if lines:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter:
+            reporter.write_sep("=", f"{len(lines)} model load(s) in a fast run", red=True)
+            for line in lines:
+                reporter.write_line(line)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
 
 @pytest.fixture(scope="session")
 def embedder():

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 
 
@@ -67,8 +68,6 @@ def test_bad_set_and_empty_store_are_exit_2(tmp_path, twin_cli):
 
 
 def test_unquoted_off_and_on_are_words_not_booleans():
-    import pytest
-
     from llmtwin.config import TwinConfig, set_field
     from llmtwin.errors import TwinError
 
@@ -80,6 +79,7 @@ def test_unquoted_off_and_on_are_words_not_booleans():
         set_field(config, "retrieval.adapter", True)
 
 
+@pytest.mark.model
 def test_ingest_strict_exit_codes_and_status(tmp_path, twin_cli):
     project = tmp_path / "proj"
     twin_cli("init", project, check=True)

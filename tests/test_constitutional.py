@@ -115,6 +115,7 @@ def test_critique_revise_and_judge_with_the_packaged_llm(llm):
         assert verdict_swapped == -verdict != 0
 
 
+@pytest.mark.model
 def test_stage1_smoke_run(tmp_path):
     from llmtwin.training.constitutional import train_constitutional
     from llmtwin.training.recipe_pref import build_pref_recipe
@@ -142,6 +143,7 @@ def test_stage1_smoke_run(tmp_path):
     assert any("loss" in json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())
 
 
+@pytest.mark.model
 def test_interrupted_run_keeps_its_generated_rows(tmp_path, monkeypatch):
     """Killed while revising the 2nd prompt: the same call again keeps the 1st prompt's row (no new
     generation for it) and ends with the rows an uninterrupted run writes."""
@@ -187,6 +189,7 @@ def test_interrupted_run_keeps_its_generated_rows(tmp_path, monkeypatch):
     assert resumed == straight and len(straight) == 3
 
 
+@pytest.mark.model
 def test_interrupted_preference_stage_keeps_its_judged_rows(tmp_path, monkeypatch):
     """Stage 2: killed while sampling the 2nd prompt's pair, the same call again keeps the 1st
     prompt's judged pair (its responses are not sampled again) and ends with the rows of an

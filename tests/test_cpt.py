@@ -68,6 +68,7 @@ def test_collate_positions_and_labels():
     assert joined["position_ids"][0].tolist() == [0, 1, 2, 3, 4] and joined["labels"][0].tolist() == [5, 6, EOS, 7, EOS]
 
 
+@pytest.mark.model
 def test_packed_documents_do_not_attend_to_each_other():
     """The logits of a document inside a packed block equal its logits alone (block-diagonal attention)."""
     import torch
@@ -88,6 +89,7 @@ def test_packed_documents_do_not_attend_to_each_other():
     assert (leaky[len(a):] - alone).abs().max().item() > 1e-2  # the check can fail: without positions it leaks
 
 
+@pytest.mark.model
 def test_cpt_run_from_a_folder(tmp_path):
     from llmtwin.training.cpt import train_cpt
     from llmtwin.training.recipe import build_recipe

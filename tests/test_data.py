@@ -115,6 +115,7 @@ def llm1():
     return get_llm(LLMConfig(threads=1))
 
 
+@pytest.mark.model
 def test_reward_pairs_from_sampled_llm_completions(tmp_path, llm1):
     f = _write(tmp_path / "p.jsonl", [{"prompt": "Write one sentence about the sea."}, {"no": "prompt"}])
     stats = PreferenceStats()

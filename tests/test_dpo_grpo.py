@@ -39,6 +39,7 @@ def test_read_pairs_reports_bad_lines(tmp_path):
     assert [b.split(":")[1] for b in bad] == ["2", "3", "5"] and "rejected: missing" in bad[0]
 
 
+@pytest.mark.model
 def test_dpo_reference_is_the_adapter_off_base(tmp_path):
     """No second model: TRL's ref_model stays None and only one causal-LM instance exists."""
     from llmtwin.training.base_model import load_causal_lm
@@ -60,6 +61,7 @@ def test_dpo_reference_is_the_adapter_off_base(tmp_path):
     assert before == after
 
 
+@pytest.mark.model
 def test_dpo_one_step_logs_margins_matches_hand_logps_and_registers(tmp_path):
     from llmtwin.training.base_model import load_causal_lm
     from llmtwin.training.dpo import pair_logps, read_pairs, train_dpo
@@ -109,6 +111,7 @@ def _kill_after_step_2(monkeypatch):
     return plain
 
 
+@pytest.mark.model
 def test_dpo_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     """Killed after step 2 (checkpoint at step 1): the same call again resumes at step 1 and ends at 3,
     with one metrics row per step."""
@@ -150,6 +153,7 @@ def test_reward_book_counts_zero_std_groups():
     assert (book.groups, book.zero_std_groups, book.steps_all_zero_std) == (3, 2, 1)
 
 
+@pytest.mark.model
 def test_grpo_kl_stop_samples_and_zero_std_report(tmp_path):
     from llmtwin.training.grpo import train_grpo
     from llmtwin.training.recipe_pref import GRPORecipe
@@ -178,6 +182,7 @@ def test_grpo_kl_stop_samples_and_zero_std_report(tmp_path):
     assert (run / "model" / "adapter_config.json").is_file() and card["kind"] == "grpo"
 
 
+@pytest.mark.model
 def test_grpo_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     from llmtwin.training import dpo
     from llmtwin.training.grpo import train_grpo

@@ -141,6 +141,7 @@ def test_bad_settings_are_twin_errors():
             estimate_memory(SMOL, **kwargs)
 
 
+@pytest.mark.model
 def test_cli_json_and_table(twin_cli):
     proc = twin_cli("estimate", "--params", "7e9", "--gpus", "8", "--zero", "3", "--lora-r", "16", "--dtype", "bf16",
                     "--json", check=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from llmtwin.api import Twin
 from llmtwin.config import LLMConfig
 from llmtwin.evaluation.judge import Judge, judge_agreement, save_agreement
@@ -33,6 +35,7 @@ def _project(tmp_path):
     return twin
 
 
+@pytest.mark.model
 def test_generate_and_eval_rag(tmp_path):
     twin = _project(tmp_path)
     out = tmp_path / "generated.jsonl"

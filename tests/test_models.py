@@ -134,6 +134,7 @@ def test_greedy_backends_agree(llm, hf_llm):
 
 
 @pytest.mark.parametrize("which", ["llm", "hf_llm"])
+@pytest.mark.model
 def test_stream_joins_to_complete_and_stop(which, request):
     model = request.getfixturevalue(which)
     pieces = list(model.stream(PROMPT, max_new_tokens=12))
@@ -247,6 +248,7 @@ def test_int8_query_encoder_that_disagrees_stays_fp32(embedder, monkeypatch, cap
     assert "queries stay fp32" in caplog.text
 
 
+@pytest.mark.model
 def test_query_runtime_torch_and_a_clear_error(tmp_path):
     from llmtwin.config import EmbedderConfig
     from llmtwin.models.get import get_embedder

@@ -78,7 +78,7 @@ def make_run(root: Path, run_name: str, *, std: float, kind: str = "lora", datas
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def project(tmp_path_factory, embedder):  # embedder: Twin(root).ingest below loads it (marks the tests `model`)
     """A tiny ingested project with a held-out SFT dataset under .twin/datasets/tiny/."""
     from llmtwin import Twin
     from llmtwin.project import init_project

@@ -553,6 +553,7 @@ def test_shutdown_ends_streams_and_refuses_new_chats(project, llm_id):
         assert c.post("/v1/search", json={"query": "quokka"}).status_code == 200  # the rest still answers
 
 
+@pytest.mark.model
 def test_query_batcher_embeds_waiting_queries_as_one_batch():
     """On torch (query_runtime=torch) the server embeds concurrent queries together; each request
     still gets its own query's vector."""

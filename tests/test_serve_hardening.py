@@ -17,11 +17,11 @@ import json
 
 import httpx
 import pytest
-from test_serve import DOCS, ServerThread, _multipart, _wait_job, assert_error
 
 from llmtwin import Twin
 from llmtwin.errors import TwinError
 from llmtwin.serve.keys import KeyStore
+from test_serve import DOCS, ServerThread, _multipart, _wait_job, assert_error
 
 MAX_TOKENS = 4
 

@@ -75,6 +75,7 @@ def test_qlora_on_cpu_is_a_clear_error(data, tmp_path):
 # ---------------------------------------------------------------- the completion mask
 
 
+@pytest.mark.model
 def test_completion_mask_token_by_token(data, tmp_path):
     from llmtwin.training.base_model import load_causal_lm
     from llmtwin.training.sft import make_trainer
@@ -104,6 +105,7 @@ def test_completion_mask_token_by_token(data, tmp_path):
         assert tok.decode(completion).startswith(f"Item {b} is blue.<|im_end|>")
 
 
+@pytest.mark.model
 def test_packing_is_padding_free_with_per_example_positions(data, tmp_path):
     from llmtwin.training.base_model import load_causal_lm
     from llmtwin.training.sft import make_trainer
@@ -124,6 +126,7 @@ def test_packing_is_padding_free_with_per_example_positions(data, tmp_path):
 # ---------------------------------------------------------------- every flavour, one step
 
 
+@pytest.mark.model
 def test_prompt_tuning_text_init_uses_the_base_tokenizer():
     from peft import get_peft_model
 
@@ -151,6 +154,7 @@ def test_prompt_tuning_text_init_uses_the_base_tokenizer():
         ("prefix", {"prefix_projection": True}, {"adapter_config.json", "adapter_model.safetensors"}),
     ],
 )
+@pytest.mark.model
 def test_each_flavour_trains_one_step(data, tmp_path, method, extra, files):
     result = _train(_recipe(data, method=method, **extra), tmp_path)
     model_files = {p.name for p in (result.run_dir / "model").iterdir()}
@@ -168,6 +172,7 @@ def test_each_flavour_trains_one_step(data, tmp_path, method, extra, files):
     assert not (result.run_dir / "checkpoints").exists()
 
 
+@pytest.mark.model
 def test_lora_learns_with_eval_and_registers(data, tmp_path):
     """Three LoRA steps on the same tiny set: eval loss falls; the run is recorded in the registry."""
     from llmtwin.project import init_project
@@ -206,6 +211,7 @@ def test_lora_learns_with_eval_and_registers(data, tmp_path):
 # ---------------------------------------------------------------- resume after an interruption
 
 
+@pytest.mark.model
 def test_resume_after_interruption(data, tmp_path):
     from transformers import TrainerCallback
 

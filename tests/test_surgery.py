@@ -88,6 +88,7 @@ def test_upscale_repeats_layers(tmp_path, base_state):
     _check_model(tmp_path / "up", layers, base_state)
 
 
+@pytest.mark.model
 def test_bad_layer_lists_are_twin_errors(tmp_path):
     assert parse_layers("0-2, 5") == [0, 1, 2, 5]
     for text in ("a,b", "3-1", ""):
@@ -99,6 +100,7 @@ def test_bad_layer_lists_are_twin_errors(tmp_path):
             run_surgery("packaged", "downscale", out_dir=tmp_path / "x", **kwargs)
 
 
+@pytest.mark.model
 def test_cli_downscale_into_a_project_registers_it(tmp_path, twin_cli):
     twin_cli("init", tmp_path / "proj", check=True)
     proc = twin_cli("model", "downscale", "--keep-layers", "0,29", "--json", cwd=tmp_path / "proj", check=True)

@@ -16,10 +16,13 @@ import httpx
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists() or shutil.which("chromium") is None,
-    reason="Debian's chromium is not installed (`make test` installs it as root)",
-)
+pytestmark = [
+    pytest.mark.model,  # `twin serve` with the packaged models
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists() or shutil.which("chromium") is None,
+        reason="Debian's chromium is not installed (`make test` installs it as root)",
+    ),
+]
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
 # Chromium on a machine with no network: no background connections, no first-run, no sandbox (root).

@@ -563,7 +563,8 @@ def tune_reranker(
 
     Saved as .twin/models/reranker/vN; `retrieval.rerank: auto` (the default) uses the latest version.
     """
-    from llmtwin.training.reranker import RerankerTuning, tune_reranker as run
+    from llmtwin.training.reranker import RerankerTuning
+    from llmtwin.training.reranker import tune_reranker as run
 
     twin = _twin()
     opts = RerankerTuning(queries=queries, llm_questions=llm_questions, negatives=negatives,
@@ -591,7 +592,8 @@ def tune_adapter(
 
     Saved as .twin/models/adapter/vN; `retrieval.adapter: auto` uses it if it beat no adapter on held-out pairs.
     """
-    from llmtwin.training.adapter import AdapterTuning, tune_adapter as run
+    from llmtwin.training.adapter import AdapterTuning
+    from llmtwin.training.adapter import tune_adapter as run
 
     twin = _twin()
     with _stage_progress("Tuning") as progress:
@@ -615,7 +617,8 @@ def tune_answers(
     Saved as .twin/models/answer-selector/vN; extractive answers use it if it chose the right
     sentence at least as often as the default weights on held-out questions.
     """
-    from llmtwin.training.answer_selector import AnswerTuning, tune_answers as run
+    from llmtwin.training.answer_selector import AnswerTuning
+    from llmtwin.training.answer_selector import tune_answers as run
 
     twin = _twin()
     with _stage_progress("Tuning") as progress:
@@ -646,7 +649,8 @@ def tune_query_encoder(
 
     Saved as .twin/models/query_encoder/vN; `retrieval.query_encoder: auto` uses it if its held-out check passed.
     """
-    from llmtwin.training.query_encoder import QueryEncoderTuning, tune_query_encoder as run
+    from llmtwin.training.query_encoder import QueryEncoderTuning
+    from llmtwin.training.query_encoder import tune_query_encoder as run
 
     twin = _twin()
     opts = QueryEncoderTuning(layers=layers, steps=steps, batch=batch, queries=queries, texts=list(texts),
@@ -666,9 +670,10 @@ def tune_query_encoder(
 
 # ---- command groups from llmtwin.commands (one line each; keep module tops free of heavy imports)
 # (helpers: add your `app.add_typer(...)` / `register(...)` line here)
+from llmtwin.commands.evaluate import register as _reg_eval  # noqa: E402
 from llmtwin.commands.models import models_app  # noqa: E402
-from llmtwin.commands.evaluate import register as _reg_eval; _reg_eval(eval_app)  # noqa: E402, E702
 
+_reg_eval(eval_app)
 app.add_typer(models_app, name="models")
 from llmtwin.commands.train import train_app  # noqa: E402
 

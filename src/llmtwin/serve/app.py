@@ -48,7 +48,13 @@ from llmtwin.serve.chat import ApiError, Generation, complete, make_plan, stream
 from llmtwin.serve.jobs import IngestJobs
 from llmtwin.serve.keys import KeyStore
 from llmtwin.serve.limits import (
-    GenerationQueue, QueueFull, RequestGuard, ShuttingDown, error_body, is_loopback, safe_upload_path,
+    GenerationQueue,
+    QueueFull,
+    RequestGuard,
+    ShuttingDown,
+    error_body,
+    is_loopback,
+    safe_upload_path,
 )
 from llmtwin.serve.schemas import ChatRequest, EmbeddingRequest, SearchRequest
 

@@ -49,7 +49,13 @@ def tune_adapter(twin: Twin, opts: AdapterTuning | None = None, progress: Progre
     import torch
 
     from llmtwin.models.versions import new_version, publish
-    from llmtwin.training.pseudo_queries import chunk_matrix, embed_queries, load_chunks, own_chunk_mrr10, sentence_queries
+    from llmtwin.training.pseudo_queries import (
+        chunk_matrix,
+        embed_queries,
+        load_chunks,
+        own_chunk_mrr10,
+        sentence_queries,
+    )
 
     opts = opts or AdapterTuning()
     started = time.perf_counter()
