@@ -425,7 +425,7 @@ class Twin:
             text = insert_marker(chosen.sentence, n)
             citations = [Citation(n, chunk.chunk_id, chunk.doc_id, chunk.source, chunk.text)]
         else:
-            closest = "; ".join(dict.fromkeys(source_label(h) for h in hits[: gen.answer_chunks]))
+            closest = "; ".join(dict.fromkeys(source_label(h) for h in hits[: max(3, gen.answer_chunks)]))
             text = gen.abstain_text + (f" Closest sources: {closest}." if closest else "")
         if on_text:
             on_text(text)
@@ -455,7 +455,7 @@ class Twin:
             "threshold": gen.answer_threshold,
             "timings": timings,
         })
-        return Answer(text, citations, hits[: gen.answer_chunks], trace_id, timings, abstained,
+        return Answer(text, citations, hits[: max(3, gen.answer_chunks)], trace_id, timings, abstained,
                       mode="extractive", answerability=answerability)
 
     # -- information ------------------------------------------------------------

@@ -94,23 +94,38 @@ def _rows(twin, question: str, sentence: str, chunk_id: str, n_chunks: int, embe
 
 
 def fit(
-    x: np.ndarray, y: np.ndarray, l2: float = 1.0, prior: np.ndarray | None = None, steps: int = 25
+    x: np.ndarray, y: np.ndarray, l2: float = 1.0, prior: np.ndarray | None = None, steps: int = 50
 ) -> tuple[np.ndarray, float]:
-    """Logistic regression by Newton's method, the weights (not the bias) pulled towards `prior`
-    (zeros if None) by an L2 penalty: l2/2 · |w - prior|²."""
+    """Logistic regression by Newton's method with a backtracking line search, the weights (not
+    the bias) pulled towards `prior` (zeros if None) by an L2 penalty: l2/2 · |w - prior|²."""
     n, d = x.shape
     a = np.hstack([x, np.ones((n, 1), np.float64)])
     centre = np.append(np.zeros(d) if prior is None else np.asarray(prior, np.float64), 0.0)
-    w = centre.copy()
     reg = np.full(d + 1, l2)
     reg[-1] = 0.0
+
+    def loss(w: np.ndarray) -> float:
+        z = a @ w
+        return float(np.sum(np.logaddexp(0.0, z) - y * z) + 0.5 * np.sum(reg * (w - centre) ** 2))
+
+    w = centre.copy()
+    current = loss(w)
     for _ in range(steps):
         p = 1.0 / (1.0 + np.exp(-np.clip(a @ w, -30, 30)))
         grad = a.T @ (p - y) + reg * (w - centre)
-        hess = (a * (p * (1 - p))[:, None]).T @ a + np.diag(reg + 1e-9)
+        hess = (a * (p * (1 - p))[:, None]).T @ a + np.diag(reg + 1e-6)
         step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.abs(step).max() < 1e-6:
+        t = 1.0
+        while t > 1e-6:
+            candidate = w - t * step
+            value = loss(candidate)
+            if value <= current - 1e-4 * t * float(grad @ step):
+                break
+            t /= 2
+        else:
+            break  # no decrease along the Newton direction: converged
+        w, previous, current = candidate, current, value
+        if previous - current < 1e-8 * max(1.0, abs(current)):
             break
     return w[:-1], float(w[-1])
 
