@@ -324,7 +324,7 @@ class Twin:
         from llmtwin.generation.answer import generate_answer
         from llmtwin.generation.prompt import build_messages, select_context
         from llmtwin.retrieval.pipeline import first_stage_score
-        from llmtwin.trace import hits_record, new_trace_id, write_trace
+        from llmtwin.trace import new_trace_id, write_trace
 
         started = time.perf_counter()
         result = self.search_explain(question, k=k, mode=mode, filters=filters, retrieval=retrieval)
@@ -358,16 +358,8 @@ class Twin:
             self.project.traces_dir,
             trace_id,
             {
-                "kind": "ask",
-                "query": question,
-                "store_version": self.store().current_version(),
-                "models": {"llm": llm.name if llm else None, "embedder": self.embedder.name},
-                "config_hash": self.config_hash(),
-                "filters": filters,
-                "where": result.where,
-                "pipeline": result.pipeline,
-                "transforms": result.transforms,
-                "stages": {name: hits_record(stage) for name, stage in result.stages.items()},
+                **self._ask_record(question, result, filters, {"llm": llm.name if llm else None}),
+                "mode": "generative",
                 "context": [h.chunk.chunk_id for h in context],
                 "prompt": messages,
                 "output": generated.text,
@@ -380,6 +372,23 @@ class Twin:
             },
         )
         return Answer(generated.text, generated.citations, context, trace_id, timings, generated.abstained)
+
+    def _ask_record(self, question: str, result, filters, models: dict[str, Any]) -> dict[str, Any]:
+        """What every answer's trace holds about its question and retrieval, whatever the mode."""
+        from llmtwin.trace import hits_record
+
+        return {
+            "kind": "ask",
+            "query": question,
+            "store_version": self.store().current_version(),
+            "models": {**models, "embedder": self.embedder.name},
+            "config_hash": self.config_hash(),
+            "filters": filters,
+            "where": result.where,
+            "pipeline": result.pipeline,
+            "transforms": result.transforms,
+            "stages": {name: hits_record(stage) for name, stage in result.stages.items()},
+        }
 
     def answer_mode(self) -> str:
         """extractive or generative: `generation.mode`, where `auto` is extractive for the packaged
@@ -408,7 +417,7 @@ class Twin:
         from llmtwin.generation.extractive import candidates, select
         from llmtwin.generation.prompt import source_label
         from llmtwin.retrieval.sentences import sentence_vectors
-        from llmtwin.trace import hits_record, new_trace_id, write_trace
+        from llmtwin.trace import new_trace_id, write_trace
         from llmtwin.types import Citation
 
         gen = self.config.generation
@@ -436,17 +445,8 @@ class Twin:
         answerability = round(chosen.answerability, 4) if chosen is not None else 0.0
         trace_id = new_trace_id()
         write_trace(self.project.traces_dir, trace_id, {
-            "kind": "ask",
+            **self._ask_record(question, result, filters, {"llm": None, "answer_selector": selector.source}),
             "mode": "extractive",
-            "query": question,
-            "store_version": self.store().current_version(),
-            "models": {"llm": None, "embedder": self.embedder.name, "answer_selector": selector.source},
-            "config_hash": self.config_hash(),
-            "filters": filters,
-            "where": result.where,
-            "pipeline": result.pipeline,
-            "transforms": result.transforms,
-            "stages": {name: hits_record(stage) for name, stage in result.stages.items()},
             "candidates": [{"source": i + 1, "sentence": s, "p": round(p, 4)} for i, s, p in (chosen.ranked[:10] if chosen else [])],
             "output": text,
             "citations": [c.chunk_id for c in citations],
