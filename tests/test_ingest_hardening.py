@@ -438,3 +438,39 @@ def test_near_duplicate_records_are_kept_and_findable(tmp_path, embedder):
     shutil.copytree(project / "data", tmp_path / "drop" / "data")
     report = ingest_in(dropped, "data")
     assert report.added == ["regatta-0"] and dropped.store().count_chunks() == 1
+
+
+def test_kept_near_duplicates_do_not_crowd_the_results(tmp_path, embedder):
+    """Four near-identical records and two distinct ones: a search that reaches all four shows the
+    best of them first and the distinct hits before the other three (which stay in the list)."""
+    base = (
+        "The annual regatta on the northern lake was won this year by {name}, who sailed a wooden sloop built "
+        "by her grandfather and finished the twelve mile course in just under three hours, ahead of forty other "
+        "boats from the surrounding villages and towns. The weather held fair all morning, with a steady westerly "
+        "breeze that favoured the heavier boats, and the harbour master rang the old bronze bell as each crew "
+        "crossed the line."
+    )
+    records = [{"id": f"r{i}", "text": base.format(name=n)} for i, n in enumerate(["Marta Olsen", "Ingrid Berg",
+                                                                                   "Sofia Lund", "Astrid Holm"])]
+    records += [{"id": "ferry", "text": "The lake ferry to the northern villages runs twice a day in summer."},
+                {"id": "bell", "text": "The harbour master's bronze bell was cast in the old foundry by the lake."}]
+    project = tmp_path / "proj"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "lake.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    twin = Twin(project)
+    ingest_in(twin, "data")
+    assert twin.store().near_duplicate_groups() == {"r0": "r0", "r1": "r0", "r2": "r0", "r3": "r0"}
+    result = twin.search_explain("regatta on the northern lake harbour bell", k=6, mode="bm25")
+    ids = [h.chunk.doc_id for h in result.hits]
+    assert sorted(ids) == ["bell", "ferry", "r0", "r1", "r2", "r3"]  # nothing dropped
+    assert ids[0].startswith("r") and set(ids[1:3]) == {"bell", "ferry"}  # distinct hits move up
+    assert "near_duplicates(one per group first)" in result.pipeline
+    top3 = [h.chunk.doc_id for h in twin.search("regatta on the northern lake harbour bell", k=3, mode="bm25")]
+    assert sorted(top3[1:]) == ["bell", "ferry"]
+    # a store without kept near duplicates runs no such stage
+    other = Twin(tmp_path / "plain")
+    (tmp_path / "plain" / "data").mkdir(parents=True)
+    (tmp_path / "plain" / "data" / "x.jsonl").write_text(json.dumps(records[4]) + "\n")
+    ingest_in(other, "data")
+    assert other.store().near_duplicate_groups() == {}
+    assert "near_duplicates" not in " ".join(other.search_explain("ferry", k=3).pipeline)

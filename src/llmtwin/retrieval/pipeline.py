@@ -1,6 +1,6 @@
 """The post-retrieval pipeline: configured stages after `search()`, each `list[Hit]` → `list[Hit]`.
 
-    search (fetch depth) → merge → rerank → llm_rerank → mmr → top k → window → compress
+    search (fetch depth) → near_duplicates → merge → rerank → llm_rerank → mmr → top k → window → compress
 
 Stages that are off are left out; with none on, the pipeline is `search(k)` unchanged. Each stage's
 hits and seconds land in `SearchResult.stages` / `.timings` under its name (so in `--explain`, the
@@ -51,6 +51,12 @@ class Pipeline:
         self.k = k
         before: list[Stage] = []
         after: list[Stage] = []
+        groups = store.near_duplicate_groups()
+        if groups:  # kept near duplicates must not crowd the results (retrieval/near_duplicates.py)
+            from llmtwin.retrieval.near_duplicates import collapse
+
+            before.append(Stage("near_duplicates", "near_duplicates(one per group first)",
+                                lambda hits: collapse(hits, groups)))
         if cfg.merge:
             from llmtwin.retrieval.merge import auto_merge
 
@@ -93,6 +99,8 @@ class Pipeline:
                                lambda hits: compress(hits, query_vector(), embedder, cfg.compress_tokens)))
         self.before, self.after = before, after
         depth = k
+        if groups:
+            depth = max(depth, 2 * k)  # room for distinct hits to move up
         if cfg.merge or cfg.mmr:
             depth = max(depth, cfg.fetch_k)
         if reranker is not None:

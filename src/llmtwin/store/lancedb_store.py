@@ -161,6 +161,7 @@ class LanceStore:
         self._chunks_version: tuple[int, int] | None = None
         self._chunk_writes = 0  # finished writes: a version read across one is not kept
         self._fts_present = False
+        self._groups: tuple[tuple[int, int], dict[str, str]] | None = None  # near_duplicate_groups, by version
 
     def _open_tables(self) -> None:
         existing = set(self.db.list_tables().tables)
@@ -203,6 +204,21 @@ class LanceStore:
         return [
             DocRecord(**{**row, "metadata": json.loads(row["metadata"] or "{}")}) for row in rows
         ]
+
+    def near_duplicate_groups(self) -> dict[str, str]:
+        """doc id → the document its near-duplicate group started from, for every stored document
+        that is a kept near duplicate or the original of one (empty when there are none). Read once
+        per table version this handle has seen."""
+        version = self._version()
+        if self._groups is None or self._groups[0] != version:
+            rows = self.docs.to_arrow().select(["doc_id", "duplicate_of", "status"]).to_pylist()
+            groups: dict[str, str] = {}
+            for row in rows:
+                if row["status"] == "stored" and row["duplicate_of"]:
+                    groups[row["doc_id"]] = row["duplicate_of"]
+                    groups.setdefault(row["duplicate_of"], row["duplicate_of"])
+            self._groups = (version, groups)
+        return self._groups[1]
 
     def count_chunks(self) -> int:
         return self.chunks.count_rows()

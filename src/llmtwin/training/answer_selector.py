@@ -14,7 +14,7 @@ A logistic regression (Newton steps in numpy, its weights pulled towards the def
 other 20 % check it against the default weights: top-1 accuracy on answerable questions and
 abstention at `generation.answer_threshold` on both kinds. The version is saved under
 `.twin/models/answer-selector/vN/` and used (card `use: true`) only if it is not worse than the
-defaults on that held-out accuracy.
+defaults on that held-out accuracy, nor in how many answerable held-out questions it answers.
 """
 
 from __future__ import annotations
@@ -196,7 +196,12 @@ def tune_answers(twin, cfg: AnswerTuning, progress: Progress | None = None) -> d
     trained = Selector({f: round(float(v), 4) for f, v in zip(FEATURES, w)}, round(b, 4), "trained")
     check = {"default": _evaluate(Selector(), held, gen.answer_threshold),
              "trained": _evaluate(trained, held, gen.answer_threshold), "held_out": len(held), "train": len(train)}
-    use = check["trained"]["top1"] >= check["default"]["top1"]
+    # Used only where it is no worse at either job on the held-out questions: picking the source
+    # sentence, and answering answerable questions (on disfl_qa's passages a selector that passed
+    # the first test alone answered 94 % of held-out pseudo-questions against the defaults' 100 %,
+    # and then abstained on 87 % of the set's real answerable questions).
+    use = (check["trained"]["top1"] >= check["default"]["top1"]
+           and check["trained"]["answered_answerable"] >= check["default"]["answered_answerable"] - 0.02)
     tmp = new_version(twin.project.state_dir, "answer-selector")
     trained.save(tmp / "selector.json")  # before the card: a version is complete once its card exists
     path = publish(tmp, {"kind": "answer-selector", "use": use, "questions": made, "tried": tried,
