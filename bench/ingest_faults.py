@@ -268,7 +268,9 @@ print(len(chunks))
 
 
 def run_measured(cmd: list[str]) -> dict:
-    """Run one child and read its own peak RSS (wait4's rusage, not the sum over children)."""
+    """Run one child and read its own peak RSS (wait4's rusage, not the sum over children). Linux
+    carries the pre-exec image's high-water mark into it: this process is ~100 MB, far under
+    what is measured; a large parent (pytest) would need the child's own VmHWM instead."""
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out = proc.stdout.read()

@@ -283,7 +283,8 @@ def test_server_lists_and_answers_with_registered_models(project):
     from llmtwin.serve.app import create_app
 
     root, _ = project
-    with TestClient(create_app(Twin(root), keys=None, warm=False)) as client:
+    # a server without keys answers loopback Host names only (TestClient's default is "testserver")
+    with TestClient(create_app(Twin(root), keys=None, warm=False), base_url="http://127.0.0.1:8000") as client:
         ids = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
         assert {"twin-rag", "twin-sft@champion", "twin-sft@candidate", "twin-sft", "twin-prompt@candidate"} <= set(ids)
         assert ids["twin-sft@champion"]["version"] == 2 and ids["twin-sft@champion"]["kind"] == "registered"
