@@ -119,10 +119,14 @@ def quantize(src: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     tmp = target.parent / f".tmp-{uuid.uuid4().hex[:8]}-{os.getpid()}.onnx"
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its "consider pre-processing" advice printed on a user's first ingest
     try:
         quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
         os.replace(tmp, target)
     finally:
+        root.setLevel(level)
         if tmp.exists():
             tmp.unlink()
 
