@@ -74,28 +74,26 @@ class SentenceTransformerEmbedder:
         query_runtime: str = "auto",
         query_int8: bool = True,
     ):
-        from llmtwin.models.packaged import quiet_transformers, set_offline
-
-        set_offline()
-        from sentence_transformers import SentenceTransformer
+        from llmtwin.models import onnx_query
 
         self.model_dir = Path(model_dir)
         self.name = name
         self.batch_size = batch_size
         self.query_prefix = query_prefix
         self.passage_prefix = passage_prefix
-        try:
-            with quiet_transformers():
-                self.model = SentenceTransformer(str(self.model_dir), device="cpu", local_files_only=True)
-        except (OSError, ValueError) as e:
-            raise TwinError(f"cannot load a sentence-transformers model from {self.model_dir}: {e}") from e
-        self.model.eval()
         # One encode at a time: a fast tokenizer shared by threads fails with "Already borrowed"
         # (it is re-configured on every call), e.g. a server embedding queries during an ingest.
         self._lock = threading.Lock()
-        self.dim = int(self.model.get_embedding_dimension())
-        self.max_tokens = int(self.model.max_seq_length or 512)
-        self.tokenizer = self.model.tokenizer
+        self._model = None
+        self._model_lock = threading.Lock()
+        # The torch model loads on first use: queries on ONNX need only the folder's own files
+        # (importing sentence-transformers and torch took 7 of a cold `twin ask`'s ~9 s here).
+        self._layout = onnx_query.layout_of(self.model_dir)
+        if self._layout is None:
+            self.dim = int(self.model.get_embedding_dimension())
+            self.max_tokens = int(self.model.max_seq_length or 512)
+        else:
+            self.dim, self.max_tokens = self._layout[2], self._layout[3]
         tokenizer_json = self.model_dir / "tokenizer.json"
         if tokenizer_json.exists():
             # The chunker's counter: batch-counts and is marked additive for whitespace-split
@@ -107,6 +105,39 @@ class SentenceTransformerEmbedder:
         self.query_runtime = self._pick_query_runtime(query_runtime, tokenizer_json.exists())
         self._onnx = None
         self._onnx_lock = threading.Lock()
+
+    @property
+    def model(self):
+        """The sentence-transformers model, loaded on first use (passages, export, torch queries)."""
+        if self._model is None:
+            with self._model_lock:
+                if self._model is None:
+                    from llmtwin.models.packaged import quiet_transformers, set_offline
+
+                    set_offline()
+                    from sentence_transformers import SentenceTransformer
+
+                    try:
+                        with quiet_transformers():
+                            model = SentenceTransformer(str(self.model_dir), device="cpu", local_files_only=True)
+                    except (OSError, ValueError) as e:
+                        raise TwinError(f"cannot load a sentence-transformers model from {self.model_dir}: {e}") from e
+                    model.eval()
+                    self._model = model
+        return self._model
+
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+    def _pooling(self) -> tuple[str | None, bool, str]:
+        """(pooling, normalise, why not exportable) from the folder's files, else from the model."""
+        from llmtwin.models import onnx_query
+
+        if self._layout is not None:
+            pooling, normalise = self._layout[0], self._layout[1]
+            return pooling, normalise, "" if pooling else "pooling other than mean or cls is not exported"
+        return onnx_query.pooling_of(self.model)
 
     def _pick_query_runtime(self, wanted: str, has_tokenizer_json: bool) -> str:
         """"onnx" (models/onnx_query.py) or "torch"; `wanted` onnx fails loudly where it cannot run."""
@@ -120,7 +151,7 @@ class SentenceTransformerEmbedder:
         elif not has_tokenizer_json:
             reason = f"{self.model_dir} has no tokenizer.json"
         else:
-            pooling, _, reason = onnx_query.pooling_of(self.model)
+            pooling, _, reason = self._pooling()
         if not reason:
             return "onnx"
         if wanted == "onnx":
@@ -134,10 +165,11 @@ class SentenceTransformerEmbedder:
                 if self._onnx is None:
                     from llmtwin.models import onnx_query
 
-                    pooling, normalise, _ = onnx_query.pooling_of(self.model)
-                    with self._lock:  # the export runs the torch model
+                    pooling, normalise, _ = self._pooling()
+                    with self._lock:  # an export runs the torch model
                         self._onnx = onnx_query.OnnxQueryEncoder(
-                            self.model, self.model_dir, self.max_tokens, pooling, normalise, int8=self.query_int8)
+                            lambda: self.model, self.model_dir, self.max_tokens, pooling, normalise,
+                            int8=self.query_int8)
         return self._onnx
 
     @property

@@ -24,8 +24,9 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
@@ -62,6 +63,29 @@ def pooling_of(st_model) -> tuple[str | None, bool, str]:
     if modes not in ("mean", "cls"):
         return None, False, f"pooling {modes!r}: only mean or cls is exported"
     return modes, len(kinds) == 3, ""
+
+
+def layout_of(model_dir: Path) -> tuple[str | None, bool, int, int] | None:
+    """(pooling, normalise, dim, max tokens) read from a sentence-transformers folder's own files
+    (modules.json, the Pooling config, sentence_bert_config.json) without importing
+    sentence-transformers or torch: 7 s of a cold `twin ask`. None where the files do not say
+    (another layout: load the model and ask it, `pooling_of`)."""
+    import json
+
+    try:
+        modules = json.loads((model_dir / "modules.json").read_text(encoding="utf-8"))
+        kinds = [m["type"].rsplit(".", 1)[-1] for m in modules]
+        if len(kinds) < 2 or kinds[0] != "Transformer" or kinds[1] != "Pooling" or any(k != "Normalize" for k in kinds[2:]):
+            return None
+        pooling_cfg = json.loads((model_dir / modules[1]["path"] / "config.json").read_text(encoding="utf-8"))
+        bert_cfg = json.loads((model_dir / "sentence_bert_config.json").read_text(encoding="utf-8"))
+        dim, max_tokens = int(pooling_cfg["word_embedding_dimension"]), int(bert_cfg["max_seq_length"])
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+    modes = [m for m in ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens",
+                         "lasttoken") if pooling_cfg.get(f"pooling_mode_{m}")]
+    pooling = {("mean_tokens",): "mean", ("cls_token",): "cls"}.get(tuple(modes))
+    return pooling, len(kinds) == 3, dim, max_tokens
 
 
 def _key(model_dir: Path, pooling: str, normalise: bool) -> str:
@@ -147,8 +171,10 @@ class OnnxQueryEncoder:
     13.7 to 8.8 ms but cost 17.5 ms of CPU); concurrent calls run in parallel (ORT releases the GIL).
     """
 
-    def __init__(self, st_model, model_dir: Path, max_tokens: int, pooling: str, normalise: bool,
-                 int8: bool = True):
+    def __init__(self, st_model: Callable[[], Any], model_dir: Path, max_tokens: int, pooling: str,
+                 normalise: bool, int8: bool = True):
+        """`st_model()` gives the sentence-transformers model; it is called only to export the
+        graph the first time (later loads read the cached graph and need no torch)."""
         from tokenizers import Tokenizer
 
         from llmtwin.models.packaged import cache_root
@@ -157,7 +183,7 @@ class OnnxQueryEncoder:
         target = cache_root() / "onnx" / f"{model_dir.name}-{_key(model_dir, pooling, normalise)}" / "model.onnx"
         if not target.is_file():
             t = time.perf_counter()
-            export(st_model, model_dir, target, pooling, normalise)
+            export(st_model(), model_dir, target, pooling, normalise)
             log.info("exported %s to ONNX in %.1f s: %s", model_dir.name, time.perf_counter() - t, target)
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.no_padding()
