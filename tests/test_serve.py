@@ -63,15 +63,16 @@ class ServerThread:
         self.sock.close()
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory, embedder):
-    root = tmp_path_factory.mktemp("serve")
+def served_project(root: Path, *, max_new_tokens: int, max_body_kb: int, queue_size: int | None = None) -> Twin:
+    """A project of DOCS, ingested, set up for the server tests (generative answers: they hold the
+    generation slot and its queue; extractive answers are tests/test_answers.py's)."""
     twin = Twin(root)
     cfg = twin.project.config
-    cfg.llm.max_new_tokens = 32
-    cfg.generation.mode = "generative"  # these tests hold the generation slot and its queue (extractive: test_answers.py)
-    cfg.serve.queue_size = 3
-    cfg.serve.max_body_kb = 64
+    cfg.llm.max_new_tokens = max_new_tokens
+    cfg.generation.mode = "generative"
+    if queue_size is not None:
+        cfg.serve.queue_size = queue_size
+    cfg.serve.max_body_kb = max_body_kb
     cfg.serve.max_upload_mb = 1.0
     docs = root / "docs"
     docs.mkdir()
@@ -79,6 +80,11 @@ def project(tmp_path_factory, embedder):
         (docs / name).write_text(text, encoding="utf-8")
     twin.ingest([docs])
     return twin
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, embedder):
+    return served_project(tmp_path_factory.mktemp("serve"), max_new_tokens=32, max_body_kb=64, queue_size=3)
 
 
 @pytest.fixture(scope="module")

@@ -18,28 +18,17 @@ import json
 import httpx
 import pytest
 
-from llmtwin import Twin
 from llmtwin.errors import TwinError
 from llmtwin.serve.keys import KeyStore
-from test_serve import DOCS, ServerThread, _multipart, _wait_job, assert_error
+from test_serve import ServerThread, _multipart, _wait_job, assert_error, served_project
 
 MAX_TOKENS = 4
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, embedder):
-    root = tmp_path_factory.mktemp("hardening")
-    twin = Twin(root)
-    cfg = twin.project.config
-    cfg.llm.max_new_tokens = 16
-    cfg.serve.max_body_kb = 512  # room for a 512-message chat
-    cfg.serve.max_upload_mb = 1.0
-    docs = root / "docs"
-    docs.mkdir()
-    for name, text in DOCS.items():
-        (docs / name).write_text(text, encoding="utf-8")
-    twin.ingest([docs])
-    return twin
+    # max_body_kb: room for a 512-message chat
+    return served_project(tmp_path_factory.mktemp("hardening"), max_new_tokens=16, max_body_kb=512)
 
 
 @pytest.fixture(scope="module")
@@ -195,24 +184,15 @@ def test_revoke_all_by_name_and_exactly_by_id(tmp_path):
 def _count_tokenizer_calls(llm, monkeypatch) -> dict:
     """Count the LLM's tokenizer calls and the characters they read (a wrapper that delegates)."""
     seen = {"calls": 0, "chars": 0}
-    if hasattr(llm, "llama"):  # llama.cpp
-        tokenize = llm.llama.tokenize
+    owner, name = (llm.llama, "tokenize") if hasattr(llm, "llama") else (llm.tokenizer, "encode")  # llama.cpp / HF
+    original = getattr(owner, name)
 
-        def counted(text, *args, **kwargs):
-            seen["calls"] += 1
-            seen["chars"] += len(text)
-            return tokenize(text, *args, **kwargs)
+    def counted(text, *args, **kwargs):
+        seen["calls"] += 1
+        seen["chars"] += len(text)
+        return original(text, *args, **kwargs)
 
-        monkeypatch.setattr(llm.llama, "tokenize", counted)
-    else:  # transformers
-        encode = llm.tokenizer.encode
-
-        def counted(text, *args, **kwargs):
-            seen["calls"] += 1
-            seen["chars"] += len(text)
-            return encode(text, *args, **kwargs)
-
-        monkeypatch.setattr(llm.tokenizer, "encode", counted)
+    monkeypatch.setattr(owner, name, counted)
     return seen
 
 
