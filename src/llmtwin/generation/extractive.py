@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llmtwin.retrieval.sentences import sentence_spans
 from llmtwin.types import Hit
 
 FEATURES = (
@@ -63,7 +64,6 @@ _STOP = frozenset(
 )
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _LIST_MARK = re.compile(r"^\s*(?:[-*+]|\d{1,3}[.)])\s+")
-_SENT_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9`*_])")
 NUMBER = re.compile(r"\b\d[\d,.]*\b|\b(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|"
                      r"twenty|thirty|forty|fifty|hundred|thousand|million|billion|dozen)\b", re.I)
 DATE = re.compile(r"\b(?:1[0-9]{3}|20[0-9]{2})s?\b|\b(?:January|February|March|April|May|June|July|August|"
@@ -124,22 +124,17 @@ def prose_sentences(text: str) -> list[str]:
     under 3 words. Lines wrapped inside a paragraph or a list item are joined first (Markdown
     wraps prose at ~100 characters); list markers are taken off."""
     out: list[str] = []
-    blocks = _paragraphs(text)
-    if blocks and _cut_off(blocks[0]):
-        first = _SENT_END.split(blocks[0], maxsplit=1)  # a chunk that starts inside a sentence
-        blocks[0] = first[1] if len(first) > 1 else ""
-    for block in blocks:
-        for sentence in _SENT_END.split(block):
-            sentence = sentence.strip()
-            if len(sentence.split()) >= 3 and re.search(r"[A-Za-z]", sentence):
-                out.append(sentence)
+    for i, block in enumerate(_paragraphs(text)):
+        sentences = [block[a:b] for a, b in sentence_spans(block)]  # the chunker's rules (abbreviations…)
+        if i == 0 and sentences and _cut_off(block, sentences[0]):
+            sentences = sentences[1:]  # a chunk that starts inside a sentence
+        out.extend(s for s in sentences if len(s.split()) >= 3 and re.search(r"[A-Za-z]", s))
     return out
 
 
-def _cut_off(block: str) -> bool:
+def _cut_off(block: str, head: str) -> bool:
     """Whether a chunk's first paragraph starts inside a sentence (chunks overlap and may start
-    mid-paragraph): a lower-case word, a closing mark, or more ')' than '(' before its first end."""
-    head = _SENT_END.split(block, maxsplit=1)[0]
+    mid-paragraph): a lower-case word, a closing mark, or more ')' than '(' in its first sentence."""
     return block[:1].islower() or block[:1] in ",;:)]}" or head.count(")") > head.count("(")
 
 
