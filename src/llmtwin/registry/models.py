@@ -159,12 +159,6 @@ def _get_version(tracking: Tracking, name: str, alias: str | None, version: int 
     return max(mvs, key=lambda mv: int(mv.version))
 
 
-def get_version(root: Path, ref: str, config: TwinConfig | None = None) -> VersionInfo:
-    tracking = open_tracking(root, config)
-    name, alias, version = parse_ref(ref)
-    return _version_info(tracking, _get_version(tracking, name, alias, version), with_metrics=True)
-
-
 def _local_path(uri: str) -> Path | None:
     parsed = urlparse(uri)
     if parsed.scheme == "file":

@@ -19,7 +19,6 @@ from llmtwin.store.lancedb_store import LanceStore, Ranked, sql_in, sql_quote
 from llmtwin.types import Hit
 
 Mode = Literal["hybrid", "dense", "bm25"]
-_CHUNK_COLUMNS = {"source", "file_type", "doc_id"}
 
 
 @dataclass

@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from llmtwin.models.llm import LLM
     from llmtwin.store.lancedb_store import LanceStore
 
-_COLUMNS = ("source", "file_type", "doc_id")
 _MAX_VALUES = 200  # values kept per field for validation (the prompt shows a few)
 
 

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from llmtwin.models.llm import LLM
 
 Kind = Literal["original", "rewrite", "decompose", "multi_query", "hyde", "step_back", "self_query"]
-TRANSFORMS = ("rewrite", "decompose", "multi_query", "hyde", "step_back")
 
 
 @dataclass
@@ -252,8 +251,4 @@ def fuse(rankings: list[list[Hit]], weights: list[float], k: int = 60) -> list[H
     for hit in out:
         hit.scores["multi_rrf"] = hit.score
     return out
-
-
-def transform_record(transforms: list[Transform]) -> list[dict[str, Any]]:
-    return [t.to_dict() for t in transforms]
 

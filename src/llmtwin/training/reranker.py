@@ -22,7 +22,6 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmtwin.errors import TwinError
@@ -241,9 +240,3 @@ def _check(held: list[PseudoQuery], score, torch) -> dict[str, float]:
         rr += 1.0 / rank
     n = max(1, len(held))
     return {"top1": round(top1 / n, 4), "mrr": round(rr / n, 4)}
-
-
-def reranker_dir(twin: Twin) -> Path | None:
-    from llmtwin.models.versions import latest
-
-    return latest(twin.project.state_dir, "reranker")

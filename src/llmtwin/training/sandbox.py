@@ -24,7 +24,6 @@ from pathlib import Path
 
 from llmtwin.errors import TwinError
 
-BWRAP = "bwrap"
 FALLBACK = "restricted-subprocess (NOT isolated: bwrap missing)"
 
 
