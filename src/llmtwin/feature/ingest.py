@@ -68,13 +68,15 @@ def ingest(
     report = IngestReport()
     # Rows a fault left duplicated (or records whose chunk count is wrong) are repaired first:
     # their records go stale and this run re-chunks those documents, reusing their vectors.
-    report.repaired = check_store(store, repair=True).repaired
+    check = check_store(store, repair=True)
+    report.repaired = check.repaired
     plan = _plan(project, paths, store, embedder, cfg, report)
     if plan.deletes:
         store.delete_documents(plan.deletes)
     # Rows of documents without a record (a run killed between its chunks and its records) are
     # replaced where this run writes those documents, and deleted everywhere else.
-    delete_orphans(store, keep={w.record.doc_id for w in plan.writes})
+    if check.orphans:
+        delete_orphans(store, check, keep={w.record.doc_id for w in plan.writes})
     report.chunks = _write(plan.writes, store, embedder, cfg.batch_chunks, progress)
     if cfg.sentence_vectors:
         from llmtwin.feature.sentence_vectors import embed_missing_sentences

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from llmtwin.store.lancedb_store import LanceStore, sql_in
+from llmtwin.store.lancedb_store import LanceStore, read_columns, sql_in
 
 
 @dataclass
@@ -43,6 +43,9 @@ class StoreCheck:
     orphan_sentences: int = 0
     repaired: list[str] = field(default_factory=list)  # doc ids rewritten (records made stale)
     orphans_deleted: int = 0
+    # what delete_orphans deletes: per table, orphan rows by doc id; sentence rows by a gone chunk id
+    orphan_rows: dict[str, Counter] = field(default_factory=dict)
+    gone_sentence_chunks: Counter = field(default_factory=Counter)
 
     @property
     def ok(self) -> bool:
@@ -79,16 +82,19 @@ class StoreCheck:
 
 def check_store(store: LanceStore, *, repair: bool = False, orphans: bool = False) -> StoreCheck:
     """What is wrong with the store; with `repair`, fix duplicated rows and wrong counts (and,
-    with `orphans`, delete orphan rows). The caller holds the writer lock when repairing."""
+    with `orphans`, delete orphan rows). The caller holds the writer lock when repairing. Each
+    table's key columns are read once (projected: no vectors)."""
     result = StoreCheck()
-    docs = store.docs.to_arrow().select(["doc_id", "n_chunks", "status"])
-    chunks = store.chunks.to_arrow().select(["chunk_id", "doc_id"])
-    sections = store.sections.to_arrow().select(["section_id", "doc_id"])
-    sentences = store.sentences.to_arrow().select(["chunk_id", "doc_id", "idx"])
+    docs = read_columns(store.docs, ["doc_id", "n_chunks", "status"])
+    chunks = read_columns(store.chunks, ["chunk_id", "doc_id"])
+    sections = read_columns(store.sections, ["section_id", "doc_id"])
+    sentences = read_columns(store.sentences, ["chunk_id", "doc_id", "idx"])
 
     doc_ids = docs.column("doc_id").to_pylist()
     records = Counter(doc_ids)
-    result.documents, result.chunks = len(records), len(set(chunks.column("chunk_id").to_pylist()))
+    chunk_ids = chunks.column("chunk_id").to_pylist()
+    live_chunks = set(chunk_ids)
+    result.documents, result.chunks = len(records), len(live_chunks)
     result.duplicate_records = sorted(d for d, n in records.items() if n > 1)
 
     affected: set[str] = set(result.duplicate_records)
@@ -96,29 +102,28 @@ def check_store(store: LanceStore, *, repair: bool = False, orphans: bool = Fals
     result.duplicate_sections = _duplicates(sections, ["section_id"], affected)
     result.duplicate_sentences = _duplicates(sentences, ["chunk_id", "idx"], affected)
 
-    per_doc: Counter[str] = Counter()
-    for chunk_id, doc_id in set(zip(chunks.column("chunk_id").to_pylist(), chunks.column("doc_id").to_pylist())):
-        per_doc[doc_id] += 1
+    per_doc = Counter(doc_id for _, doc_id in set(zip(chunk_ids, chunks.column("doc_id").to_pylist())))
     for doc_id, n, status in zip(doc_ids, docs.column("n_chunks").to_pylist(), docs.column("status").to_pylist()):
         expected = n if status == "stored" else 0
         if per_doc.get(doc_id, 0) != expected and doc_id not in result.count_mismatch:
             result.count_mismatch.append(doc_id)
     affected |= set(result.count_mismatch)
 
-    known = set(records)
-    live_chunks = set(chunks.column("chunk_id").to_pylist())
-    result.orphan_chunks = sum(d not in known for d in chunks.column("doc_id").to_pylist())
-    result.orphan_sections = sum(d not in known for d in sections.column("doc_id").to_pylist())
-    result.orphan_sentences = sum(
-        d not in known or c not in live_chunks
-        for c, d in zip(sentences.column("chunk_id").to_pylist(), sentences.column("doc_id").to_pylist())
+    for name, table in (("chunks", chunks), ("sections", sections), ("sentences", sentences)):
+        result.orphan_rows[name] = Counter(d for d in table.column("doc_id").to_pylist() if d not in records)
+    result.gone_sentence_chunks = Counter(
+        c for c, d in zip(sentences.column("chunk_id").to_pylist(), sentences.column("doc_id").to_pylist())
+        if d in records and c not in live_chunks
     )
+    result.orphan_chunks = sum(result.orphan_rows["chunks"].values())
+    result.orphan_sections = sum(result.orphan_rows["sections"].values())
+    result.orphan_sentences = sum(result.orphan_rows["sentences"].values()) + sum(result.gone_sentence_chunks.values())
 
     if repair and affected:
         _rewrite(store, sorted(affected))
         result.repaired = sorted(affected)
     if repair and orphans and result.orphans:
-        result.orphans_deleted = delete_orphans(store)
+        result.orphans_deleted = delete_orphans(store, result)
     return result
 
 
@@ -179,33 +184,22 @@ def _rewrite(store: LanceStore, doc_ids: list[str]) -> None:
             store.docs.add(stale.select(store.docs.schema.names))
 
 
-def delete_orphans(store: LanceStore, keep: set[str] = frozenset()) -> int:
-    """Delete chunk, section and sentence rows of documents without a record (except the doc ids
-    in `keep`, about to be rewritten), and sentence rows of chunks that are gone. Returns the
-    number of rows deleted."""
-    known = set(store.docs.to_arrow().column("doc_id").to_pylist()) | set(keep)
-    live_chunks = set(store.chunks.to_arrow().column("chunk_id").to_pylist())
+def delete_orphans(store: LanceStore, check: StoreCheck, keep: set[str] = frozenset()) -> int:
+    """Delete the orphan rows `check` found: rows of documents without a record (except the doc
+    ids in `keep`, about to be rewritten) and sentence rows of chunks that are gone. Returns the
+    number of rows deleted. Valid while nothing has written rows without records since the check."""
     deleted = 0
     for name, table in (("chunks", store.chunks), ("sections", store.sections), ("sentences", store.sentences)):
-        arrow = table.to_arrow().select(["doc_id"] + (["chunk_id"] if name == "sentences" else []))
-        ids = arrow.column("doc_id").to_pylist()
-        orphans = [d not in known for d in ids]
-        if name == "sentences":  # also rows of chunks no longer there
-            chunk_ids = arrow.column("chunk_id").to_pylist()
-            gone = [c not in live_chunks and d in known for c, d in zip(chunk_ids, ids)]
-            deleted += sum(gone)
-            bad_chunks = sorted({c for c, g in zip(chunk_ids, gone) if g})
-        else:
-            bad_chunks = []
-        deleted += sum(orphans)
-        bad = sorted({d for d, o in zip(ids, orphans) if o})
-        if not bad and not bad_chunks:
+        bad = sorted(d for d in check.orphan_rows.get(name, ()) if d not in keep)
+        gone = sorted(check.gone_sentence_chunks) if name == "sentences" else []
+        deleted += sum(check.orphan_rows[name][d] for d in bad) + sum(check.gone_sentence_chunks[c] for c in gone)
+        if not bad and not gone:
             continue
         try:
             for start in range(0, len(bad), 500):
                 table.delete(sql_in("doc_id", bad[start : start + 500]))
-            for start in range(0, len(bad_chunks), 500):
-                table.delete(sql_in("chunk_id", bad_chunks[start : start + 500]))
+            for start in range(0, len(gone), 500):
+                table.delete(sql_in("chunk_id", gone[start : start + 500]))
         finally:
             store.after_write()
     return deleted

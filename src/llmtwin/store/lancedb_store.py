@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 
+from llmtwin.config import write_text_atomic
 from llmtwin.errors import TwinError
 from llmtwin.store.base import DocRecord, StoreVersion
 from llmtwin.types import Chunk, Hit, Section
@@ -45,14 +45,11 @@ _HIT_COLUMNS = [
 ]
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write a file whole or not at all: a temporary file beside it, fsynced, then renamed."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def read_columns(table, names: list[str]) -> pa.Table:
+    """These columns of every row of a LanceDB table: a projected scan, so a chunk or sentence
+    table's vectors are not read (on the disfl_qa store 21 vs 80 ms for the chunks' ids, 6 vs
+    73 ms for the sentences', against to_arrow().select())."""
+    return table.search().select(names).limit(None).to_arrow()
 
 
 def sql_quote(value: str) -> str:
@@ -135,7 +132,7 @@ class LanceStore:
             if dim is None or embedder_name is None:
                 raise TwinError(f"{path}: nothing ingested yet; run `twin ingest PATH...` first")
             path.mkdir(parents=True, exist_ok=True)
-            atomic_write(path / "meta.json", json.dumps({"embedder": embedder_name, "dim": dim}))
+            write_text_atomic(path / "meta.json", json.dumps({"embedder": embedder_name, "dim": dim}))
         elif embedder_name is not None and (meta["embedder"] != embedder_name or (dim and meta["dim"] != dim)):
             raise TwinError(
                 f"{path}: the store was embedded with {meta['embedder']} (dim {meta['dim']}), "
@@ -211,7 +208,7 @@ class LanceStore:
         per table version this handle has seen."""
         version = self._version()
         if self._groups is None or self._groups[0] != version:
-            rows = self.docs.to_arrow().select(["doc_id", "duplicate_of", "status"]).to_pylist()
+            rows = read_columns(self.docs, ["doc_id", "duplicate_of", "status"]).to_pylist()
             groups: dict[str, str] = {}
             for row in rows:
                 if row["status"] == "stored" and row["duplicate_of"]:
@@ -316,8 +313,8 @@ class LanceStore:
 
     def chunks_without_sentences(self) -> list[str]:
         """Ids of the chunks that have no sentence rows yet (ingest.sentence_vectors fills them in)."""
-        have = set(self.sentences.to_arrow().column("chunk_id").to_pylist()) if self.sentences.count_rows() else set()
-        ids = self.chunks.to_arrow().column("chunk_id").to_pylist()
+        have = set(read_columns(self.sentences, ["chunk_id"]).column("chunk_id").to_pylist())
+        ids = read_columns(self.chunks, ["chunk_id"]).column("chunk_id").to_pylist()
         return [c for c in ids if c not in have]
 
     def add_sentences(self, chunks: list[Chunk], vectors: np.ndarray) -> None:
@@ -444,7 +441,7 @@ class LanceStore:
             summary=summary,
         )
         lines = [json.dumps(v.__dict__) for v in [*self.versions(), version]]
-        atomic_write(self._versions_path, "\n".join(lines) + "\n")
+        write_text_atomic(self._versions_path, "\n".join(lines) + "\n")
         return version
 
     # -- search ----------------------------------------------------------------
