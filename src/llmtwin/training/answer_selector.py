@@ -36,7 +36,6 @@ from llmtwin.generation.extractive import (
     candidates,
     content_stems,
     prose_sentences,
-    select,
 )
 
 Progress = Callable[[str, int, int], None]
@@ -131,19 +130,16 @@ def fit(
 
 
 def _evaluate(selector: Selector, examples: list, threshold: float) -> dict[str, float]:
-    from llmtwin.generation.extractive import Candidates
-
+    """On (features, labels, unanswerable features) per question: how often the best candidate is
+    the source sentence, how often it clears `threshold`, and how often an unanswerable question's
+    best candidate does not (no candidate at all abstains too) — as `select` decides."""
     right = answered = abstained_neg = 0
     for feats, labels, neg in examples:
-        c = Candidates(hit_index=[0] * len(labels), sentences=[str(i) for i in range(len(labels))], features=feats)
-        chosen = select(c, selector, 0.0)
-        right += int(labels[int(chosen.sentence)] == 1)
-        answered += int(chosen.answerability >= threshold)
-        if len(neg):
-            cn = Candidates(hit_index=[0] * len(neg), sentences=[str(i) for i in range(len(neg))], features=neg)
-            abstained_neg += int(select(cn, selector, threshold).hit_index < 0)
-        else:
-            abstained_neg += 1
+        p = selector.probabilities(feats)
+        best = int(np.argmax(p))  # the first of equal maxima, as select's stable sort picks
+        right += int(labels[best] == 1)
+        answered += int(p[best] >= threshold)
+        abstained_neg += int(len(neg) == 0 or selector.probabilities(neg).max() < threshold)
     n = max(len(examples), 1)
     return {"top1": round(right / n, 4), "answered_answerable": round(answered / n, 4),
             "abstained_unanswerable": round(abstained_neg / n, 4)}
