@@ -156,15 +156,15 @@ def test_long_prompt_is_cut_from_the_left(llm, caplog):
     question = "What is 2+2?"
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "filler " * 600 + question}]
     with caplog.at_level(logging.WARNING, logger="llmtwin.models.llm"):
-        fitted = small._fit(msgs, 32)
+        fitted = small.fit(msgs, 32)
     assert small._prompt_tokens(fitted) <= 256 - 32
     assert fitted[0] == msgs[0] and fitted[1]["content"].endswith(question)
     assert "dropped the start" in caplog.text
     assert isinstance(small.complete(msgs, max_new_tokens=4), str)  # no crash
     with pytest.raises(TwinError, match="does not fit"):
-        small._fit([{"role": "system", "content": "rule " * 600}, {"role": "user", "content": "hi"}], 32)
+        small.fit([{"role": "system", "content": "rule " * 600}, {"role": "user", "content": "hi"}], 32)
     with pytest.raises(TwinError, match="no room"):
-        small._fit(msgs, 250)
+        small.fit(msgs, 250)
 
 
 def test_stop_filter_holds_back_partial_stops():

@@ -215,7 +215,7 @@ def test_a_512_message_chat_is_fitted_in_one_pass(llm, monkeypatch):
     messages = _long_chat()
     budget = llm.context_window - 32
     seen = _count_tokenizer_calls(llm, monkeypatch)
-    fitted = llm._fit(messages, 32)
+    fitted = llm.fit(messages, 32)
     calls, chars = seen["calls"], seen["chars"]
     monkeypatch.undo()
     prompt_chars = sum(len(m["content"]) for m in messages)

@@ -263,7 +263,7 @@ def _llamacpp_logits(llm, messages: list[Message]):
     with the previous call (the system prompt) stays in the KV cache and is not evaluated again."""
     import numpy as np
 
-    messages = llm._fit(messages, 1)
+    messages = llm.fit(messages, 1)
     prompt = llm._formatter(messages=messages).prompt
     ll = llm.llama
     tokens = ll.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
@@ -281,7 +281,7 @@ def _llamacpp_logits(llm, messages: list[Message]):
 def _transformers_logits(llm, messages: list[Message]):
     import torch
 
-    messages = llm._fit(messages, 1)
+    messages = llm.fit(messages, 1)
     enc = llm.tokenizer(llm._render(messages), add_special_tokens=False, return_tensors="pt")
     with torch.inference_mode():
         out = llm.model(**enc)

@@ -112,9 +112,6 @@ class _Base:
         """`text` without its first `n_tokens` tokens."""
         raise NotImplementedError
 
-    def _fit(self, messages: list[Message], max_new_tokens: int) -> list[Message]:
-        return self.fit(messages, max_new_tokens)
-
     def fit(self, messages: list[Message], max_new_tokens: int, *, cut_last: bool = True) -> list[Message]:
         """The messages to send so that the templated prompt leaves `max_new_tokens` free.
 
@@ -349,7 +346,7 @@ class TransformersLLM(_Base):
             TextIteratorStreamer,
         )
 
-        messages = self._fit(messages, max_new_tokens)
+        messages = self.fit(messages, max_new_tokens)
         enc = self.tokenizer(self._render(messages), add_special_tokens=False, return_tensors="pt")
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         halt = threading.Event()  # set by the consumer: a stop string was seen, or it went away
@@ -519,7 +516,7 @@ class LlamaCppLLM(_Base):
         stop: list[str] | None = None,
         repetition_penalty: float = 1.0,
     ) -> Iterator[str]:
-        messages = self._fit(messages, max_new_tokens)
+        messages = self.fit(messages, max_new_tokens)
         with self._lock:
             yield from self._stream_locked(messages, max_new_tokens, temperature, stop, repetition_penalty)
 
@@ -605,7 +602,7 @@ class OpenAILLM(_Base):
     ) -> Iterator[str]:
         import openai
 
-        messages = self._fit(messages, max_new_tokens)
+        messages = self.fit(messages, max_new_tokens)
         kwargs: dict = {"stop": list(stop)} if stop else {}
         if repetition_penalty != 1.0:  # not in the OpenAI API; vLLM and llama.cpp servers read it
             kwargs["extra_body"] = {"repetition_penalty": repetition_penalty}
